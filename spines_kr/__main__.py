@@ -1,0 +1,3 @@
+from spines_kr.cli import main
+
+raise SystemExit(main())
