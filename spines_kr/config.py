@@ -1,0 +1,221 @@
+"""One validated daemon configuration from a TOML file and Spines-style flags (flags win).
+
+Data model: ``Config``, a frozen dataclass; ``FIELDS`` documents each key of the TOML file (the
+same names as the dataclass).  Entry points: ``load_file(path) -> dict`` (TOML -> raw values),
+``build(file_values, flag_values) -> Config`` (merge, validate).  Every problem raises
+``ConfigError`` with a one-line message naming the field; the CLI prints it and exits 2 before
+anything touches the kernel.
+
+Spines' daemon flags and their keys here (Spines 5.x meaning):
+    -p port            port             overlay UDP port, shared by all daemons (default 8100)
+    -l logical_id      logical_id       IPv4 identity of this node (put it on lo)
+    -I local_address   local_addresses  addresses to run links from (repeatable)
+    -a neighbor        neighbors        neighbor link addresses to create links to (repeatable)
+    -w metric          metric           distance|latency|loss|explat|problem
+    -k level           kernel_levels    kernel routing levels (repeatable); 0 = /32 to every node
+    -m                 accept_link_commands   accept setlink
+    -x seconds         exit_after       exit gracefully after that many seconds
+    -U                 unicast_only
+    -lf file           log_file
+    -ud path           ipc_path         client IPC path (data channel: path + "data")
+    -c file            (the TOML file itself)
+Flags of Spines not implemented yet (-d, -W, -rl, -tf, -sf, -pc) are refused by the CLI with a
+message saying so.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, fields
+
+from spines_kr import RTPROT_SPINES
+from spines_kr.routing.metrics import ALL_METRICS, METRICS
+
+KERNEL_LEVELS_IMPLEMENTED = {0}
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Config:
+    logical_id: str
+    port: int = 8100
+    local_addresses: tuple[str, ...] = ()
+    neighbors: tuple[str, ...] = ()
+    accept_unknown_neighbors: bool = True
+    metric: str = "distance"
+    kernel_levels: tuple[int, ...] = ()
+    accept_link_commands: bool = False
+    exit_after: float | None = None
+    unicast_only: bool = False
+    log_file: str | None = None
+    log_level: str = "info"
+    log_format: str = "auto"
+    ipc_path: str = ""
+    control_socket: str = ""
+    control_group: str | None = None
+    # kernel
+    table: int = 254
+    route_protocol: int = RTPROT_SPINES
+    route_priority: int = 20
+    prefsrc: bool = True
+    multipath: bool = False
+    reconcile_interval_s: float = 30.0
+    startup_grace_s: float = 5.0
+    # timers (Spines: 100 ms hellos, dead after 10)
+    hello_interval_ms: int = 50
+    dead_interval_ms: int = 250
+    up_after_hellos: int = 3
+    retransmit_ms: int = 100
+    lsa_refresh_s: float = 600.0
+    lsa_max_age_s: float = 1800.0
+
+    @property
+    def kernel_routing(self) -> bool:
+        return 0 in self.kernel_levels
+
+
+FIELDS = {f.name: f for f in fields(Config)}
+
+
+def load_file(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    for key in raw:
+        if key not in FIELDS:
+            raise ConfigError(f"config file {path}: unknown key '{key}'")
+    return raw
+
+
+def _ipv4(field: str, value) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except (ipaddress.AddressValueError, ValueError, TypeError):
+        raise ConfigError(f"{field}: '{value}' is not an IPv4 address") from None
+
+
+def _int(field, value, lo, hi) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{field}: expected an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{field}: {value} is out of range {lo}..{hi}")
+    return value
+
+
+def _num(field, value, lo, hi) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{field}: expected a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{field}: {value} is out of range {lo}..{hi}")
+    return float(value)
+
+
+def _bool(field, value) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field}: expected true or false, got {value!r}")
+    return value
+
+
+def _list(field, value) -> list:
+    if isinstance(value, (str, int)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{field}: expected a list, got {value!r}")
+    return list(value)
+
+
+def build(file_values: dict | None = None, flag_values: dict | None = None) -> Config:
+    """Merge file and flag values (flags win) and validate them into a Config."""
+    v = dict(file_values or {})
+    v.update({k: x for k, x in (flag_values or {}).items() if x is not None})
+    for key in v:
+        if key not in FIELDS:
+            raise ConfigError(f"unknown setting '{key}'")
+    out: dict = {}
+
+    out["port"] = _int("port", v.get("port", 8100), 1, 65535)
+    out["local_addresses"] = tuple(_ipv4("local_addresses", a)
+                                   for a in _list("local_addresses", v.get("local_addresses", [])))
+    out["neighbors"] = tuple(dict.fromkeys(_ipv4("neighbors", a)
+                                           for a in _list("neighbors", v.get("neighbors", []))))
+    if "logical_id" in v:
+        out["logical_id"] = _ipv4("logical_id", v["logical_id"])
+    elif out["local_addresses"]:
+        out["logical_id"] = out["local_addresses"][0]  # Spines: the node's own address
+    else:
+        raise ConfigError("logical_id: not set (give -l ADDRESS, or -I so the first local "
+                          "address serves as the logical ID)")
+    metric = v.get("metric", "distance")
+    if metric not in ALL_METRICS:
+        raise ConfigError(f"metric: '{metric}' is not one of {', '.join(ALL_METRICS)}")
+    if metric not in METRICS:
+        raise ConfigError(f"metric: '{metric}' is not implemented yet (available: "
+                          f"{', '.join(METRICS)})")
+    out["metric"] = metric
+    levels = tuple(sorted({_int("kernel_levels", x, 0, 3)
+                           for x in _list("kernel_levels", v.get("kernel_levels", []))}))
+    missing = [x for x in levels if x not in KERNEL_LEVELS_IMPLEMENTED]
+    if missing:
+        raise ConfigError(f"kernel_levels: level {missing[0]} is not implemented yet "
+                          f"(available: {', '.join(map(str, sorted(KERNEL_LEVELS_IMPLEMENTED)))})")
+    out["kernel_levels"] = levels
+    for key in ("accept_link_commands", "unicast_only", "prefsrc", "multipath",
+                "accept_unknown_neighbors"):
+        if key in v:
+            out[key] = _bool(key, v[key])
+    if v.get("exit_after") is not None:
+        out["exit_after"] = _num("exit_after", v["exit_after"], 0, 10 ** 9)
+    for key in ("log_file", "control_group"):
+        if v.get(key) is not None:
+            if not isinstance(v[key], str) or not v[key]:
+                raise ConfigError(f"{key}: expected a non-empty string")
+            out[key] = v[key]
+    level = v.get("log_level", "info")
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level: '{level}' is not one of debug, info, warning, error")
+    out["log_level"] = level
+    fmt = v.get("log_format", "auto")
+    if fmt not in ("auto", "json", "console"):
+        raise ConfigError(f"log_format: '{fmt}' is not one of auto, json, console")
+    out["log_format"] = fmt
+    out["ipc_path"] = v.get("ipc_path") or f"/tmp/spines{out['port']}"
+    out["control_socket"] = v.get("control_socket") or default_control_socket(out["port"])
+    for key in ("ipc_path", "control_socket"):
+        if not isinstance(out[key], str):
+            raise ConfigError(f"{key}: expected a path")
+
+    out["table"] = _int("table", v.get("table", 254), 1, 0xFFFFFFFF)
+    if out["table"] in (0, 253, 255):
+        raise ConfigError(f"table: {out['table']} is reserved by the kernel")
+    out["route_protocol"] = _int("route_protocol", v.get("route_protocol", RTPROT_SPINES), 5, 255)
+    out["route_priority"] = _int("route_priority", v.get("route_priority", 20), 0, 0xFFFFFFFF)
+    for key, lo, hi in (("reconcile_interval_s", 0.1, 86400), ("startup_grace_s", 0, 3600),
+                        ("lsa_refresh_s", 1, 86400), ("lsa_max_age_s", 3, 86400 * 7)):
+        if key in v:
+            out[key] = _num(key, v[key], lo, hi)
+    for key, lo, hi in (("hello_interval_ms", 10, 60000), ("dead_interval_ms", 30, 600000),
+                        ("up_after_hellos", 1, 100), ("retransmit_ms", 10, 60000)):
+        if key in v:
+            out[key] = _int(key, v[key], lo, hi)
+    cfg = Config(**out)
+    if cfg.dead_interval_ms < 2 * cfg.hello_interval_ms:
+        raise ConfigError(f"dead_interval_ms: {cfg.dead_interval_ms} must be at least twice "
+                          f"hello_interval_ms ({cfg.hello_interval_ms})")
+    if cfg.lsa_max_age_s < 2 * cfg.lsa_refresh_s:
+        raise ConfigError("lsa_max_age_s: must be at least twice lsa_refresh_s")
+    if cfg.logical_id in cfg.neighbors:
+        raise ConfigError(f"neighbors: {cfg.logical_id} is this node's own logical ID")
+    return cfg
+
+
+def default_control_socket(port: int) -> str:
+    """Management socket of the daemon on ``port`` (systemd's RuntimeDirectory is /run/spines-kr)."""
+    return f"/run/spines-kr/spines-kr-{port}.sock"
