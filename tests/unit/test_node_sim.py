@@ -1,0 +1,122 @@
+"""The protocol engine in simulated time: convergence, failures, restarts, strict input."""
+
+import pytest
+
+from spines_kr.daemon.node import Node, Params
+from spines_kr.wire import packets as w
+from tests.unit.sim import Sim
+
+RING = [(1, 2), (2, 3), (3, 5), (5, 4), (4, 1)]
+
+
+def converged(sim):
+    n = len(sim.nodes)
+    return all(len(node.routes()) == n - 1 for node in sim.nodes.values())
+
+
+@pytest.fixture
+def ring():
+    sim = Sim(5, RING)
+    assert sim.run_until(lambda: converged(sim), 2) is not None
+    return sim
+
+
+def test_ring_converges_fast_and_agrees():
+    sim = Sim(5, RING)
+    t = sim.run_until(lambda: converged(sim), 2)
+    assert t is not None and t < 0.5
+    dbs = [dict(n.lsdb.lsas) for n in sim.nodes.values()]
+    assert all(db == dbs[0] for db in dbs)
+    assert sim.next_hop_node(1, 3) == {2}
+
+
+def test_silent_failure_reroutes_within_dead_interval(ring):
+    ring.cut_link(1, 2)
+    t = ring.run_until(lambda: ring.next_hop_node(1, 3) == {4}, 2)
+    assert t is not None and t <= 0.25 + 0.1
+    ring.heal_link(1, 2)
+    assert ring.run_until(lambda: ring.next_hop_node(1, 3) == {2}, 2) is not None
+
+
+def test_carrier_loss_reroutes_at_once(ring):
+    ring.carrier(1, 2, False)
+    assert ring.run_until(lambda: ring.next_hop_node(1, 3) == {4}, 0.05) is not None
+
+
+def test_one_way_failure_brings_both_ends_down(ring):
+    # Only 2 -> 1 is cut: 1 stops hearing 2, and 2 learns it from 1's hellos.
+    w12 = (2, ring.addr[(2, 1)][0])
+    ring.cut.add(frozenset({w12}))
+    assert ring.run_until(lambda: not any(l.up for l in ring.nodes[2].links.values()
+                                          if l.peer_addr == "10.200.0.1"), 1) is not None
+
+
+def test_node_restart_converges_and_beats_its_old_lsa(ring):
+    old = ring.nodes[3]
+    for _ in range(50):  # a long first life: many originations
+        old._originate(ring.now, force=True)
+    ring.run(0.5)
+    old_seq = old.seq
+    params = old.p
+    # A fresh process: sequence restarts low, the overlay still holds the old, higher one.
+    ring.nodes[3] = Node(params, ring.now, initial_seq=1)
+    for (a, b), (ifx, peer) in ring.addr.items():
+        if a == 3:
+            ring.nodes[3].add_link(ifx, "", ring.wires[(3, ifx)][2], peer, ring.now)
+    assert ring.run_until(lambda: converged(ring), 3) is not None
+    assert ring.nodes[3].seq > old_seq
+    assert all(n.lsdb.lsas[ring.ids[3]] == ring.nodes[3].lsdb.lsas[ring.ids[3]]
+               for n in ring.nodes.values())
+
+
+def test_withdraw_reroutes_neighbors_at_once(ring):
+    ring.nodes[2].withdraw(ring.now)
+    ring.run(0.01)
+    assert ring.next_hop_node(1, 3) == {4}
+
+
+def test_dead_node_lsa_is_aged_out():
+    sim = Sim(3, [(1, 2), (2, 3)])
+    assert sim.run_until(lambda: converged(sim), 2) is not None
+    sim.cut_link(2, 3)
+    sim.run(70)
+    assert sim.ids[3] not in sim.nodes[1].lsdb.lsas
+
+
+def test_metric_mismatch_refuses_adjacency():
+    sim = Sim(2, [(1, 2)])
+    sim.nodes[2]._metric_code = w.METRIC_CODES["latency"]
+    sim.run(1)
+    assert not any(l.up for l in sim.nodes[1].links.values())
+    assert sim.nodes[1].counters["dropped.metric_mismatch"] > 0
+
+
+def test_ecmp_square_with_multipath():
+    sim = Sim(4, [(1, 2), (2, 4), (1, 3), (3, 4)], multipath=True)
+    assert sim.run_until(lambda: converged(sim), 2) is not None
+    assert sim.next_hop_node(1, 4) == {2, 3}
+    single = Sim(4, [(1, 2), (2, 4), (1, 3), (3, 4)])
+    single.run_until(lambda: converged(single), 2)
+    assert single.next_hop_node(1, 4) == {2}  # lowest neighbor id, every time
+
+
+def test_garbage_is_counted_not_raised(ring):
+    node = ring.nodes[1]
+    node.receive(10, "10.200.0.2", b"\x00" * 7, ring.now)
+    node.receive(10, "10.200.0.2", b"junk" * 10, ring.now)
+    lsu = w.encode(w.LinkStateUpdate((w.LSA.make(99, 1),)), instance=8100, sender=77)
+    node.receive(99, "10.9.9.9", lsu, ring.now)  # an LSU from nobody we know
+    assert node.counters["dropped.short"] == 1 and node.counters["dropped.magic"] == 1
+    assert node.counters["dropped.unknown_neighbor"] == 1
+    assert 99 not in node.lsdb.lsas
+
+
+def test_twelve_node_grid_agrees_with_oracle():
+    import networkx as nx
+    edges = [(i, i + 1) for i in range(1, 12) if i % 4] + [(i, i + 4) for i in range(1, 9)]
+    sim = Sim(12, edges)
+    assert sim.run_until(lambda: converged(sim), 3) is not None
+    g = nx.Graph(edges)
+    for b in range(2, 13):
+        want = {p[1] for p in nx.all_shortest_paths(g, 1, b)}
+        assert sim.next_hop_node(1, b) == {min(want)}
