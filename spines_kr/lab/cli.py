@@ -1,0 +1,190 @@
+"""``spines-kr lab ...``: the namespace lab from the command line.
+
+Entry point: ``add_lab_parser(subparsers)`` adds ``lab`` with ``up``, ``down``, ``status`` and
+``exec``; each sets ``func`` to a handler ``(args) -> int``.  Handlers print errors as one line
+``spines-kr: error: ...`` on stderr (plus indented context lines when a daemon failed) and return
+2 for topology/usage problems, 1 for runtime failures (``status``: also when a daemon is not
+alive), 0 otherwise; they never raise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from spines_kr.lab import netns
+from spines_kr.lab.topology import TopologyError, load
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+
+def _error(msg: str, code: int) -> int:
+    print(f"spines-kr: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _guard(fn):
+    """Map the lab's exceptions onto the exit statuses."""
+    def handler(args) -> int:
+        try:
+            return fn(args)
+        except TopologyError as e:
+            return _error(str(e), EXIT_USAGE)
+        except netns.LabError as e:
+            return _error(str(e), EXIT_RUNTIME)
+        except OSError as e:
+            return _error(f"{e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}",
+                          EXIT_RUNTIME)
+    handler.__name__ = fn.__name__
+    return handler
+
+
+def _valid_name(lab: str) -> str | None:
+    try:
+        netns.state_dir(lab)
+        return None
+    except netns.LabError as e:
+        return str(e)
+
+
+@_guard
+def cmd_up(args) -> int:
+    if (problem := _valid_name(args.name)):
+        return _error(problem, EXIT_USAGE)
+    if args.port is not None and not 1 <= args.port <= 65535:
+        return _error(f"--port: {args.port} is out of range 1..65535", EXIT_USAGE)
+    topo = load(args.topology)
+    st = netns.up(topo, args.name, port=args.port)
+    if topo.hosts:
+        print(f"note: {len(topo.hosts)} [[host]] entries are not built yet")
+    print(f"lab {st['name']} up: {len(st['nodes'])} nodes, {len(st['links'])} links, "
+          f"state in {st['state_dir']}")
+    _print_status(st)
+    return EXIT_OK
+
+
+@_guard
+def cmd_down(args) -> int:
+    if (problem := _valid_name(args.name)):
+        return _error(problem, EXIT_USAGE)
+    r = netns.down(args.name)
+    if not r["found"] and not r["problems"]:
+        print(f"lab {args.name}: no state directory; nothing to do")
+        return EXIT_OK
+    for w in r["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    for p in r["problems"]:
+        print(f"spines-kr: error: {p}", file=sys.stderr)
+    if r["found"]:
+        print(f"lab {args.name} down: {len(r['stopped'])} daemons stopped, "
+              f"{len(r['killed'])} killed, {len(r['netns_deleted'])} namespaces deleted"
+              + (", rt_protos name file removed" if r["rt_protos_removed"] else ""))
+    return EXIT_RUNTIME if r["problems"] else EXIT_OK
+
+
+def _print_status(st: dict) -> None:
+    rows = [("NODE", "NETNS", "LOGICAL_ID", "PID", "ALIVE")]
+    rows += [(n["name"], n["netns"], n["logical_id"], str(n["pid"] or "-"),
+              "yes" if n["alive"] else "NO") for n in st["nodes"]]
+    _table(rows)
+    print()
+    rows = [("A", "IFNAME", "ADDRESS", "B", "IFNAME", "ADDRESS")]
+    rows += [(ln["a"], ln["a_ifname"], ln["a_address"], ln["b"], ln["b_ifname"], ln["b_address"])
+             for ln in st["links"]]
+    _table(rows)
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+@_guard
+def cmd_status(args) -> int:
+    if (problem := _valid_name(args.name)):
+        return _error(problem, EXIT_USAGE)
+    st = netns.status(args.name)
+    if args.json:
+        print(json.dumps(st, indent=2))
+    else:
+        print(f"lab {st['name']} ({st['phase']}, port {st['port']}, metric {st['metric']}, "
+              f"state in {st['state_dir']})")
+        _print_status(st)
+    return EXIT_OK if all(n["alive"] for n in st["nodes"]) else EXIT_RUNTIME
+
+
+@_guard
+def cmd_exec(args) -> int:
+    if (problem := _valid_name(args.name)):
+        return _error(problem, EXIT_USAGE)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    argv, env = netns.exec_argv(args.name, args.node, command)
+    sys.stdout.flush()
+    os.execvpe(argv[0], argv, env)
+    return EXIT_RUNTIME  # not reached
+
+
+@_guard
+def cmd_restart(args) -> int:
+    if (problem := _valid_name(args.name)):
+        return _error(problem, EXIT_USAGE)
+    st = netns.restart(args.name, args.node, kill=args.kill)
+    pid = next(n["pid"] for n in st["nodes"] if n["name"] == args.node)
+    print(f"{args.node}: daemon restarted (pid {pid})")
+    return EXIT_OK
+
+
+@_guard
+def cmd_demo(args) -> int:
+    if (problem := _valid_name(args.name)):
+        return _error(problem, EXIT_USAGE)
+    from spines_kr.lab import demo
+
+    return demo.run(args.name, args.port)
+
+
+def add_lab_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``lab`` and its subcommands to an ``argparse`` subparsers object; return its parser."""
+    lab = subparsers.add_parser("lab", help="namespace lab: build a topology on this machine",
+                                description="Build a topology of spines-kr daemons in network "
+                                            "namespaces on this machine (needs root).")
+    sub = lab.add_subparsers(dest="lab_command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("up", help="create the namespaces, links and daemons of a topology")
+    p.add_argument("topology", metavar="TOPOLOGY", help="topology TOML file")
+    p.add_argument("--name", required=True, metavar="LAB", help="lab name (namespace prefix)")
+    p.add_argument("--port", type=int, help="overlay port (default: the topology's, else 8100)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop the daemons and remove everything the lab created")
+    p.add_argument("--name", required=True, metavar="LAB")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("status", help="nodes, daemons and links of a lab")
+    p.add_argument("--name", required=True, metavar="LAB")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("exec", help="run a command inside a node's namespace",
+                       description="Run COMMAND (default: $SHELL) in NODE's namespace with "
+                                   "SPINES_KR_SOCKET and SPINES_KR_PORT set. Options go before "
+                                   "NODE.")
+    p.add_argument("--name", required=True, metavar="LAB")
+    p.add_argument("node", metavar="NODE")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("restart", help="restart one node's daemon (a crash with --kill)")
+    p.add_argument("--name", required=True, metavar="LAB")
+    p.add_argument("node", metavar="NODE")
+    p.add_argument("--kill", action="store_true", help="SIGKILL instead of SIGTERM")
+    p.set_defaults(func=cmd_restart)
+
+    p = sub.add_parser("demo", help="run the embedded 5-node ring end to end, then tear it down")
+    p.add_argument("--name", default="spdemo", metavar="LAB", help="lab name (default spdemo)")
+    p.add_argument("--port", type=int, help="overlay port (default 8100)")
+    p.set_defaults(func=cmd_demo)
+    return lab

@@ -1,0 +1,523 @@
+"""Namespace lab: build a Topology on one machine, one network namespace and one daemon per node.
+
+Entry points:
+    up(topology, lab, *, port=None, daemon=daemon_argv, timeout=15.0) -> status dict
+    status(lab) -> dict          down(lab) -> report dict          exec_argv(lab, node, cmd)
+    daemon_argv(**spec) -> argv  (the daemon command line; tests pass a stand-in with its signature)
+
+What a lab is made of:
+    namespace ``<LAB>-<node>`` per node: lo up with the logical ID as /32, ip_forward=1,
+        rp_filter=0 (all and default, set before any link exists so every link inherits it);
+    a veth pair per link, one end in each node's namespace (created there directly, so it never
+        appears in the caller's namespace), named as in ``topology`` and addressed from its /30;
+    one daemon per node, started through ``ip netns exec`` (which execs, so the pid we record is
+        the daemon's), in its own session, output appended to ``<node>.out``;
+    ``/etc/iproute2/rt_protos.d/spines.conf`` if it was missing (the "spines" protocol name).
+
+State: ``/run/spines-kr/lab/<LAB>/state.json`` is written before anything is created and rewritten
+(atomically) as things are made, so ``down`` can always finish the job, whatever happened::
+
+    {"version": 1, "name", "state_dir", "phase": planned|building|starting|up, "created",
+     "port", "metric", "rt_protos": none|preexisting|installing|installed,
+     "netns": [names], "hosts": [],
+     "nodes": [{"name", "netns", "logical_id", "addresses", "neighbors", "argv", "log", "out",
+                "ipc", "control_socket", "pid", "start_time"}],
+     "links": [{"a", "b", "a_ifname", "b_ifname", "a_address", "b_address"}]}
+
+A process is ours only while /proc/<pid>/stat still shows the start time recorded at launch; it
+is signalled through a pidfd opened before that check, so a recycled pid is never hit.  ``down``
+also stops an unrecorded daemon (``up`` died between spawn and record) when a process inside one
+of the lab's namespaces has exactly the planned argv; any other process there is reported, not
+touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import spines_kr
+from spines_kr.lab.topology import Topology
+
+STATE_ROOT = Path("/run/spines-kr/lab")
+NETNS_DIR = Path("/run/netns")
+RT_PROTOS_PATH = Path("/etc/iproute2/rt_protos.d/spines.conf")
+READY_TIMEOUT = 15.0
+TERM_TIMEOUT = 5.0
+KILL_TIMEOUT = 2.0
+POLL = 0.02
+LAB_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+REPO_ROOT = Path(spines_kr.__file__).resolve().parent.parent
+
+_CHILDREN: dict[int, subprocess.Popen] = {}  # daemons this process spawned, reaped by us
+
+
+class LabError(RuntimeError):
+    """A lab operation failed; the message says what and where."""
+
+
+class LabNotFound(LabError):
+    """No state directory for that lab name."""
+
+
+def daemon_argv(*, port: int, logical_id: str, local_addresses: list[str], neighbors: list[str],
+                metric: str, log_file: str, ipc_path: str, control_socket: str) -> list[str]:
+    """The command line of one node's daemon (run inside its namespace)."""
+    argv = [sys.executable, "-m", "spines_kr", "daemon", "-p", str(port), "-l", logical_id]
+    for a in local_addresses:
+        argv += ["-I", a]
+    for a in neighbors:
+        argv += ["-a", a]
+    return argv + ["-k", "0", "-m", "-w", metric, "-lf", log_file, "-ud", ipc_path,
+                   "--control-socket", control_socket]
+
+
+# -- small helpers -----------------------------------------------------------------------------
+
+def _check_name(lab: str) -> None:
+    if not isinstance(lab, str) or not LAB_NAME_RE.fullmatch(lab):
+        raise LabError(f"lab name {lab!r}: expected 1-32 characters [A-Za-z0-9_-], "
+                       f"not starting with '-'")
+
+
+def state_dir(lab: str) -> Path:
+    _check_name(lab)
+    return STATE_ROOT / lab
+
+
+def _run(argv: list[str]) -> str:
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if r.returncode != 0:
+        why = (r.stderr or r.stdout).strip() or f"status {r.returncode}"
+        raise LabError(f"{' '.join(argv)}: {why}")
+    return r.stdout
+
+
+def _netns_exists(ns: str) -> bool:
+    return (NETNS_DIR / ns).exists()
+
+
+def _save(state: dict) -> None:
+    path = Path(state["state_dir"]) / "state.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _load(lab: str) -> dict:
+    path = state_dir(lab) / "state.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LabNotFound(f"lab {lab!r} does not exist (no {path})") from None
+    except (OSError, ValueError) as e:
+        raise LabError(f"lab {lab!r}: cannot read {path}: {e}") from None
+
+
+@contextlib.contextmanager
+def _lock():
+    """Serialise labs on the one shared resource, the rt_protos file."""
+    STATE_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(STATE_ROOT / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _tail(path: str, n: int = 10) -> list[str]:
+    try:
+        return Path(path).read_text(errors="replace").splitlines()[-n:]
+    except OSError:
+        return []
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+def _proc(pid: int) -> tuple[int, str] | None:
+    """(start time in clock ticks since boot, state letter) of a pid, or None if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[19]), fields[0]
+
+
+def _ours(pid, start) -> bool:
+    info = _proc(pid) if pid else None
+    return info is not None and info[0] == start
+
+
+def _alive(pid, start) -> bool:
+    info = _proc(pid) if pid else None
+    return info is not None and info[0] == start and info[1] not in "ZX"
+
+
+def _reap(pid: int) -> None:
+    child = _CHILDREN.get(pid)
+    if child is not None and child.poll() is not None:
+        del _CHILDREN[pid]
+
+
+def _signal(pid: int, start: int, sig: int) -> bool:
+    """Send ``sig`` to pid only if it is still the process that started at ``start``."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        if not _ours(pid, start):
+            return False
+        signal.pidfd_send_signal(fd, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _wait_gone(procs: dict[int, int], timeout: float) -> dict[int, int]:
+    """Wait until the processes {pid: start} are gone (zombies count as gone); return the rest."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for pid in list(procs):
+            _reap(pid)
+            if not _alive(pid, procs[pid]):
+                del procs[pid]
+        if not procs or time.monotonic() >= deadline:
+            return procs
+        time.sleep(POLL)
+
+
+def _netns_pids(ns: str) -> list[int]:
+    try:
+        return [int(p) for p in _run(["ip", "netns", "pids", ns]).split()]
+    except LabError:
+        return []
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+# -- rt_protos name file -----------------------------------------------------------------------
+
+def _rt_protos_data() -> bytes:
+    return resources.files("spines_kr").joinpath("data/rt_protos_spines.conf").read_bytes()
+
+
+def _rt_protos_claimed_by_others(lab: str) -> bool:
+    for sj in STATE_ROOT.glob("*/state.json"):
+        if sj.parent.name == lab:
+            continue
+        try:
+            if json.loads(sj.read_text()).get("rt_protos") in ("installing", "installed"):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def _install_rt_protos(state: dict) -> None:
+    with _lock():
+        if RT_PROTOS_PATH.exists():
+            # Another lab installed it: share the claim so the last one down removes it.
+            claimed = _rt_protos_claimed_by_others(state["name"])
+            state["rt_protos"] = "installed" if claimed else "preexisting"
+            _save(state)
+            return
+        state["rt_protos"] = "installing"
+        _save(state)
+        RT_PROTOS_PATH.parent.mkdir(parents=True, exist_ok=True)
+        RT_PROTOS_PATH.write_bytes(_rt_protos_data())
+        state["rt_protos"] = "installed"
+        _save(state)
+
+
+def _remove_rt_protos(state: dict) -> bool:
+    if state.get("rt_protos") not in ("installing", "installed"):
+        return False
+    with _lock():
+        if _rt_protos_claimed_by_others(state["name"]):
+            return False
+        try:
+            if RT_PROTOS_PATH.read_bytes() == _rt_protos_data():
+                RT_PROTOS_PATH.unlink()
+                return True
+        except FileNotFoundError:
+            pass
+        return False
+
+
+# -- up ----------------------------------------------------------------------------------------
+
+def plan(topology: Topology, lab: str, *, port: int | None = None,
+         daemon: Callable[..., list[str]] = daemon_argv) -> dict:
+    """The state document of a lab that is about to be built (pure apart from the clock)."""
+    sdir = state_dir(lab)
+    port = topology.port if port is None else port
+    nodes = []
+    for n in topology.nodes:
+        ends = [ln.end(n.name) for ln in topology.links_of(n.name)]
+        files = {k: str(sdir / f"{n.name}.{k}") for k in ("log", "out", "ipc", "ctl")}
+        spec = dict(port=port, logical_id=str(n.logical_id),
+                    local_addresses=[str(e[1].ip) for e in ends],
+                    neighbors=[str(e[3].ip) for e in ends], metric=topology.metric,
+                    log_file=files["log"], ipc_path=files["ipc"], control_socket=files["ctl"])
+        nodes.append({"name": n.name, "netns": f"{lab}-{n.name}", "logical_id": str(n.logical_id),
+                      "addresses": spec["local_addresses"], "neighbors": spec["neighbors"],
+                      "argv": daemon(**spec), "log": files["log"], "out": files["out"],
+                      "ipc": files["ipc"], "control_socket": files["ctl"],
+                      "pid": None, "start_time": None})
+    links = [{"a": ln.a, "b": ln.b, "a_ifname": ln.a_ifname, "b_ifname": ln.b_ifname,
+              "a_address": str(ln.a_address), "b_address": str(ln.b_address)}
+             for ln in topology.links]
+    return {"version": 1, "name": lab, "state_dir": str(sdir), "phase": "planned",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "port": port,
+            "metric": topology.metric, "rt_protos": "none",
+            "netns": [n["netns"] for n in nodes], "nodes": nodes, "links": links, "hosts": []}
+
+
+def up(topology: Topology, lab: str, *, port: int | None = None,
+       daemon: Callable[..., list[str]] = daemon_argv, timeout: float = READY_TIMEOUT) -> dict:
+    """Build the lab and start its daemons; return ``status(lab)`` once every control socket
+    accepts a connection.  On any failure (or interrupt) everything is torn down again."""
+    state = plan(topology, lab, port=port, daemon=daemon)
+    sdir = Path(state["state_dir"])
+    if (sdir / "state.json").exists():
+        raise LabError(f"lab {lab!r} exists ({sdir}); run 'spines-kr lab down --name {lab}' first")
+    taken = [ns for ns in state["netns"] if _netns_exists(ns)]
+    if taken:
+        raise LabError(f"network namespace {taken[0]} already exists and is not part of a lab "
+                       f"state; refusing to touch it")
+    STATE_ROOT.mkdir(parents=True, exist_ok=True)
+    try:
+        sdir.mkdir()
+    except FileExistsError:
+        raise LabError(f"lab {lab!r}: {sdir} exists; run 'spines-kr lab down --name {lab}' "
+                       f"first") from None
+    _save(state)
+    try:
+        _install_rt_protos(state)
+        state["phase"] = "building"
+        _save(state)
+        _build(state)
+        state["phase"] = "starting"
+        _save(state)
+        _start(state)
+        _wait_ready(state, timeout)
+        state["phase"] = "up"
+        _save(state)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            down(lab)
+        raise
+    return status(lab)
+
+
+def _build(state: dict) -> None:
+    for node in state["nodes"]:
+        ns = node["netns"]
+        _run(["ip", "netns", "add", ns])
+        _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+              "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(["ip", "-n", ns, "addr", "add", f"{node['logical_id']}/32", "dev", "lo"])
+    netns = {n["name"]: n["netns"] for n in state["nodes"]}
+    for ln in state["links"]:
+        _run(["ip", "link", "add", ln["a_ifname"], "netns", netns[ln["a"]], "type", "veth",
+              "peer", "name", ln["b_ifname"], "netns", netns[ln["b"]]])
+        for side in ("a", "b"):
+            ns, ifname = netns[ln[side]], ln[f"{side}_ifname"]
+            _run(["ip", "-n", ns, "addr", "add", ln[f"{side}_address"], "dev", ifname])
+            _run(["ip", "-n", ns, "link", "set", ifname, "up"])
+
+
+def child_env() -> dict:
+    """Environment for processes the lab starts: the package importable even when not installed."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _start(state: dict, nodes: list[dict] | None = None) -> None:
+    env = child_env()
+    for node in state["nodes"] if nodes is None else nodes:
+        with open(node["out"], "ab") as out:
+            child = subprocess.Popen(["ip", "netns", "exec", node["netns"], *node["argv"]],
+                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True, env=env, cwd=state["state_dir"])
+        _CHILDREN[child.pid] = child
+        info = _proc(child.pid)
+        node["pid"], node["start_time"] = child.pid, info[0] if info else None
+        _save(state)
+
+
+def restart(lab: str, node: str, *, kill: bool = False, timeout: float = READY_TIMEOUT) -> dict:
+    """Restart one node's daemon: SIGTERM (a clean exit), or SIGKILL with ``kill`` (a crash),
+    then start it again with the same arguments and wait until it is ready."""
+    state = _load(lab)
+    found = [n for n in state["nodes"] if n["name"] == node]
+    if not found:
+        raise LabError(f"lab {lab!r} has no node {node!r}")
+    n = found[0]
+    if n["pid"] and _signal(n["pid"], n["start_time"], signal.SIGKILL if kill else signal.SIGTERM):
+        left = _wait_gone({n["pid"]: n["start_time"]}, TERM_TIMEOUT)
+        if left and _signal(n["pid"], n["start_time"], signal.SIGKILL):
+            _wait_gone(left, TERM_TIMEOUT)
+    _start(state, [n])
+    _wait_ready({**state, "nodes": [n]}, timeout)
+    return status(lab)
+
+
+def _accepts(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(path)
+            return True
+        except OSError as e:
+            return e.errno == errno.EPROTOTYPE  # a datagram socket is bound there: it is up
+
+
+def _wait_ready(state: dict, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(state["nodes"])
+    while pending:
+        for node in list(pending):
+            if not _alive(node["pid"], node["start_time"]):
+                child = _CHILDREN.pop(node["pid"], None)
+                code = child.wait(timeout=1) if child else None
+                rc = "" if code is None else f" with status {code}"
+                raise LabError(f"daemon of node {node['name']} exited{rc} before it was ready"
+                               + _log_excerpt(node))
+            if _accepts(node["control_socket"]):
+                pending.remove(node)
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise LabError(f"daemons not ready after {timeout:g} s (no connection on their control "
+                           f"socket): {', '.join(n['name'] for n in pending)}"
+                           + _log_excerpt(pending[0]))
+        time.sleep(POLL)
+
+
+def _log_excerpt(node: dict) -> str:
+    text = ""
+    for key in ("out", "log"):
+        lines = _tail(node[key])
+        if lines:
+            text += f"\n  last lines of {node[key]}:\n" + "\n".join(f"    {ln}" for ln in lines)
+    return text
+
+
+# -- status, exec, down ------------------------------------------------------------------------
+
+def status(lab: str) -> dict:
+    """What the lab is and whether each daemon still runs (``LabNotFound`` if there is none)."""
+    state = _load(lab)
+    nodes = [{"name": n["name"], "netns": n["netns"], "logical_id": n["logical_id"],
+              "pid": n["pid"], "alive": _alive(n["pid"], n["start_time"]), "log": n["log"],
+              "control_socket": n["control_socket"]} for n in state["nodes"]]
+    return {"name": state["name"], "state_dir": state["state_dir"], "phase": state["phase"],
+            "port": state["port"], "metric": state["metric"], "nodes": nodes,
+            "links": state["links"], "hosts": state["hosts"]}
+
+
+def exec_argv(lab: str, node: str, command: list[str]) -> tuple[list[str], dict]:
+    """argv and environment that run ``command`` (default: $SHELL) inside ``node``'s namespace,
+    with SPINES_KR_SOCKET (its daemon's control socket) and SPINES_KR_PORT set."""
+    state = _load(lab)
+    found = [n for n in state["nodes"] if n["name"] == node]
+    if not found:
+        raise LabError(f"lab {lab!r} has no node {node!r} "
+                       f"(nodes: {', '.join(n['name'] for n in state['nodes'])})")
+    n = found[0]
+    if not _netns_exists(n["netns"]):
+        raise LabError(f"network namespace {n['netns']} does not exist (run lab down, then up)")
+    env = dict(os.environ, SPINES_KR_SOCKET=n["control_socket"], SPINES_KR_PORT=str(state["port"]))
+    command = command or [os.environ.get("SHELL", "/bin/sh")]
+    return ["ip", "netns", "exec", n["netns"], *command], env
+
+
+def down(lab: str) -> dict:
+    """Stop the lab's daemons, delete its namespaces, the rt_protos file if it was the last lab to
+    claim it, and its state directory.  Idempotent.  Returns a report:
+    ``{"name", "found", "stopped", "killed", "netns_deleted", "rt_protos_removed", "problems",
+    "warnings"}``; the state directory is kept (for a retry) only when ``problems`` is not empty."""
+    sdir = state_dir(lab)
+    report = {"name": lab, "found": False, "stopped": [], "killed": [], "netns_deleted": [],
+              "rt_protos_removed": False, "problems": [], "warnings": []}
+    try:
+        state = _load(lab)
+    except LabNotFound:
+        if sdir.exists():  # up died between mkdir and its first write: nothing was created
+            shutil.rmtree(sdir, ignore_errors=True)
+            report["found"] = True
+        stray = [ns for ns in _netns_names() if ns.startswith(f"{lab}-")]
+        if stray:
+            report["problems"].append(f"no state for lab {lab!r}, but namespaces "
+                                      f"{', '.join(stray)} exist; not known to be ours, left "
+                                      f"alone (ip netns del NAME)")
+        return report
+    report["found"] = True
+
+    # 1. Daemons: the recorded ones, and unrecorded ones recognised by their planned argv.
+    procs = {n["pid"]: n["start_time"] for n in state["nodes"] if _ours(n["pid"], n["start_time"])}
+    names = {n["pid"]: n["name"] for n in state["nodes"]}
+    for n in state["nodes"]:
+        if _netns_exists(n["netns"]):
+            for pid in _netns_pids(n["netns"]):
+                info = _proc(pid)
+                if pid not in procs and info and _cmdline(pid) == n["argv"]:
+                    procs[pid], names[pid] = info[0], n["name"]
+    for pid, start in procs.items():
+        _signal(pid, start, signal.SIGTERM)
+    left = _wait_gone(dict(procs), TERM_TIMEOUT)
+    report["stopped"] = [names[p] for p in procs if p not in left]
+    for pid, start in left.items():
+        _signal(pid, start, signal.SIGKILL)
+        report["killed"].append(names[pid])
+    for pid in _wait_gone(left, KILL_TIMEOUT):
+        report["problems"].append(f"process {pid} (node {names[pid]}) survived SIGKILL")
+
+    # 2. Namespaces (deleting one destroys the veth ends in it, and so the pairs).
+    for ns in state["netns"]:
+        if not _netns_exists(ns):
+            continue
+        for pid in _netns_pids(ns):
+            report["warnings"].append(f"process {pid} ({' '.join(_cmdline(pid))[:60]}) still runs "
+                                      f"in {ns}; not started by the lab, left running")
+        try:
+            _run(["ip", "netns", "del", ns])
+            report["netns_deleted"].append(ns)
+        except LabError as e:
+            report["problems"].append(str(e))
+
+    # 3. The rt_protos name file, then the state directory.
+    report["rt_protos_removed"] = _remove_rt_protos(state)
+    if not report["problems"]:
+        shutil.rmtree(sdir, ignore_errors=True)
+    return report
+
+
+def _netns_names() -> list[str]:
+    try:
+        return sorted(p.name for p in NETNS_DIR.iterdir())
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,161 @@
+"""What one does to a running lab: read kernel routes, wait for convergence, trace a path,
+fail and heal links, and measure an outage with probes.  Used by ``lab demo``, the lab tests
+and ``bench/``.
+
+Entry points (``st`` is ``netns.status(lab)``):
+    kernel_routes(netns) -> {dst: [gateway, ...]}      routes of proto spines, via ``ip -j``
+    converged(st) / wait_converged(st, timeout) -> seconds or None
+    path(st, src, dst) -> [node names]                  the kernel's hop-by-hop path
+    silent_failure(st, a, b, on)                        nftables drop on a's end of link a-b
+    carrier(st, a, b, up)                               ``ip link set down`` on a's end
+    Probe(st, src, dst, duration, rate)                 UDP probe stream, a context manager
+
+Silent failure: an nftables table ``spines_kr_lab`` in a's namespace drops everything in and
+out of the link's interface, which stays up: only the hello protocol can notice.  Carrier loss:
+a's end set down, so b's end loses carrier too and both kernels report it at once.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from spines_kr import RTPROT_SPINES
+from spines_kr.lab import netns as labns
+
+NFT_TABLE = "spines_kr_lab"
+PROBE_PORT = 9901
+
+
+def _ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+def kernel_routes(ns: str) -> dict[str, list[str]]:
+    out = json.loads(_ip("-n", ns, "-j", "route", "show", "proto", str(RTPROT_SPINES)) or "[]")
+    routes = {}
+    for r in out:
+        dst = r["dst"] if "/" in r["dst"] else r["dst"] + "/32"
+        hops = [h.get("gateway") for h in r.get("nexthops", [])] or [r.get("gateway")]
+        routes[dst] = sorted(h for h in hops if h)
+    return routes
+
+
+def _node(st: dict, name: str) -> dict:
+    return next(n for n in st["nodes"] if n["name"] == name)
+
+
+def _link(st: dict, a: str, b: str) -> dict:
+    for l in st["links"]:
+        if (l["a"], l["b"]) in ((a, b), (b, a)):
+            return l
+    raise KeyError(f"no link {a}-{b}")
+
+
+def _end(st: dict, a: str, b: str) -> tuple[str, str]:
+    """(ifname, address) of a's end of link a-b."""
+    l = _link(st, a, b)
+    return (l["a_ifname"], l["a_address"]) if l["a"] == a else (l["b_ifname"], l["b_address"])
+
+
+def converged(st: dict) -> bool:
+    ids = {n["logical_id"] for n in st["nodes"]}
+    for n in st["nodes"]:
+        have = {d.split("/")[0] for d in kernel_routes(n["netns"])}
+        if have != ids - {n["logical_id"]}:
+            return False
+    return True
+
+
+def wait(cond, timeout: float, interval: float = 0.02) -> float | None:
+    """Poll ``cond`` until true; the seconds it took, or None after ``timeout``."""
+    start = time.monotonic()
+    while True:
+        if cond():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            return None
+        time.sleep(interval)
+
+
+def wait_converged(st: dict, timeout: float = 10.0) -> float | None:
+    return wait(lambda: converged(st), timeout)
+
+
+def path(st: dict, src: str, dst: str) -> list[str]:
+    """The nodes a packet from ``src`` to ``dst``'s logical ID crosses, by the kernels' routes."""
+    owner = {}
+    for l in st["links"]:
+        owner[l["a_address"]] = l["a"]
+        owner[l["b_address"]] = l["b"]
+    target = _node(st, dst)["logical_id"] + "/32"
+    hops, here = [src], src
+    while here != dst and len(hops) <= len(st["nodes"]):
+        gws = kernel_routes(_node(st, here)["netns"]).get(target)
+        if not gws:
+            return hops + ["?"]
+        here = owner.get(gws[0], "?")
+        hops.append(here)
+        if here == "?":
+            break
+    return hops
+
+
+def silent_failure(st: dict, a: str, b: str, on: bool = True) -> None:
+    ifname, _ = _end(st, a, b)
+    ns = _node(st, a)["netns"]
+    if on:
+        rules = (f"table inet {NFT_TABLE} {{\n"
+                 f" chain in {{ type filter hook prerouting priority -300; iifname \"{ifname}\" drop; }}\n"
+                 f" chain out {{ type filter hook postrouting priority 300; oifname \"{ifname}\" drop; }}\n}}\n")
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules, text=True,
+                       check=True, capture_output=True)
+    else:
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", NFT_TABLE],
+                       check=False, capture_output=True)
+
+
+def carrier(st: dict, a: str, b: str, up: bool) -> None:
+    ifname, _ = _end(st, a, b)
+    _ip("-n", _node(st, a)["netns"], "link", "set", ifname, "up" if up else "down")
+
+
+class Probe:
+    """A UDP probe stream from ``src`` to ``dst``'s logical ID; ``result()`` is the receiver's
+    report (see ``lab.probe``).  The receiver is bound before the sender starts."""
+
+    def __init__(self, st: dict, src: str, dst: str, duration: float, rate: float = 100.0,
+                 port: int = PROBE_PORT):
+        py = [sys.executable, "-m", "spines_kr.lab.probe"]
+        env = labns.child_env()
+        self.recv = subprocess.Popen(
+            ["ip", "netns", "exec", _node(st, dst)["netns"], *py, "recv", "--port", str(port),
+             "--duration", str(duration + 2)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=env)
+        ready = self.recv.stderr.readline()
+        if ready.strip() != "ready":
+            self.recv.kill()
+            raise RuntimeError(f"probe receiver did not start: {ready}{self.recv.stderr.read()}")
+        self.send = subprocess.Popen(
+            ["ip", "netns", "exec", _node(st, src)["netns"], *py, "send",
+             "--dst", _node(st, dst)["logical_id"], "--port", str(port), "--rate", str(rate),
+             "--duration", str(duration)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, env=env)
+
+    def result(self) -> dict:
+        sent = json.loads(self.send.communicate(timeout=120)[0] or "{}")
+        out = json.loads(self.recv.communicate(timeout=120)[0] or "{}")
+        out["sent"] = sent.get("sent")
+        out["send_errors"] = sent.get("send_errors")
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for p in (self.send, self.recv):
+            if p.poll() is None:
+                p.kill()
+                p.wait()

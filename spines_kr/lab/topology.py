@@ -1,0 +1,348 @@
+"""Lab topology file: a TOML description of overlay nodes, the links between them, and hosts.
+
+Data model (all frozen dataclasses, addresses are ``ipaddress`` objects):
+    Topology  metric, port, link_subnet, nodes, links, hosts
+    Node      name, logical_id (/32 put on lo), prefixes, groups
+    Link      index, a, b, subnet (a /30), a_address (.1), b_address (.2), a_ifname, b_ifname,
+              latency_ms, loss_pct, bandwidth_kbps (stored; honoured by a later issue)
+    Host      name, attach (a node name; stored for a later issue)
+
+File format::
+
+    metric = "distance"          # optional: distance|latency|loss|explat|problem
+    port = 8100                  # optional: overlay UDP port of every daemon
+    link_subnet = "10.200.0.0/16"  # optional: pool the links' /30s are cut from, in link order
+    [[node]]
+    name = "n1"                  # [a-z0-9_-], at most 32 characters
+    logical_id = "10.100.0.1"    # optional; default 10.100.0.<i>, i = 1, 2, ... skipping taken ones
+    prefixes = ["192.168.1.0/24"]  # optional
+    groups = ["247.0.0.1"]       # optional
+    [[link]]
+    a = "n1"
+    b = "n2"
+    latency_ms = 5               # optional, also loss_pct (0..100) and bandwidth_kbps
+    [[host]]
+    name = "h1"
+    attach = "n1"
+
+Interface names: the end of a link in node X that leads to node Y is ``to-Y`` cut to 15 characters
+(IFNAMSIZ - 1); when several of X's links share a name (parallel links, or names equal after the
+cut) each of them gets a suffix ``-1``, ``-2``, ... that makes it unique within X.
+
+Entry points: ``parse(text)``, ``load(path)``, ``from_dict(data)`` -> ``Topology``;
+``DEMO_TOPOLOGY`` (TOML text of the 5-node ring used by ``lab demo`` and the tests).  Every problem
+raises ``TopologyError`` with a one-line message that starts with the field, e.g.
+``link[2].b: unknown node 'n9'`` (indices count from 0, in file order).  No I/O except ``load``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections import Counter
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from spines_kr.routing.metrics import ALL_METRICS
+
+IFNAMSIZ = 15  # longest Linux interface name (IFNAMSIZ 16 including the NUL)
+DEFAULT_PORT = 8100
+DEFAULT_METRIC = "distance"
+DEFAULT_LINK_SUBNET = IPv4Network("10.200.0.0/16")
+LOGICAL_ID_BASE = IPv4Address("10.100.0.0")
+NAME_RE = re.compile(r"[a-z0-9_-]{1,32}")
+
+DEMO_TOPOLOGY = """\
+# The spines-kr demo: five nodes in a ring, every link one hop.
+#   n1 - n2 - n3
+#   |         |
+#   n4 ------ n5
+metric = "distance"
+
+[[node]]
+name = "n1"
+[[node]]
+name = "n2"
+[[node]]
+name = "n3"
+[[node]]
+name = "n4"
+[[node]]
+name = "n5"
+
+[[link]]
+a = "n1"
+b = "n2"
+[[link]]
+a = "n2"
+b = "n3"
+[[link]]
+a = "n3"
+b = "n5"
+[[link]]
+a = "n5"
+b = "n4"
+[[link]]
+a = "n4"
+b = "n1"
+"""
+
+
+class TopologyError(ValueError):
+    """A problem in a topology file; the message is one line that names the field."""
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    logical_id: IPv4Address
+    prefixes: tuple[IPv4Network, ...] = ()
+    groups: tuple[IPv4Address, ...] = ()
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    a: str
+    b: str
+    subnet: IPv4Network
+    a_address: IPv4Interface
+    b_address: IPv4Interface
+    a_ifname: str
+    b_ifname: str
+    latency_ms: float | None = None
+    loss_pct: float | None = None
+    bandwidth_kbps: int | None = None
+
+    def end(self, node: str) -> tuple[str, IPv4Interface, str, IPv4Interface]:
+        """(local ifname, local address, peer name, peer address) of the link seen from ``node``."""
+        if node == self.a:
+            return self.a_ifname, self.a_address, self.b, self.b_address
+        if node == self.b:
+            return self.b_ifname, self.b_address, self.a, self.a_address
+        raise KeyError(node)
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    attach: str
+
+
+@dataclass(frozen=True)
+class Topology:
+    metric: str
+    port: int
+    link_subnet: IPv4Network
+    nodes: tuple[Node, ...]
+    links: tuple[Link, ...]
+    hosts: tuple[Host, ...] = ()
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def links_of(self, name: str) -> list[Link]:
+        return [ln for ln in self.links if name in (ln.a, ln.b)]
+
+
+# -- field checks ------------------------------------------------------------------------------
+
+def _table(value, field: str, allowed: set[str], required: tuple[str, ...] = ()) -> dict:
+    if not isinstance(value, dict):
+        raise TopologyError(f"{field}: expected a table, got {value!r}")
+    for key in value:
+        if key not in allowed:
+            raise TopologyError(f"{field}.{key}: unknown key" if field else f"{key}: unknown key")
+    for key in required:
+        if key not in value:
+            raise TopologyError(f"{field}.{key}: missing")
+    return value
+
+
+def _list(value, field: str) -> list:
+    if not isinstance(value, list):
+        raise TopologyError(f"{field}: expected a list, got {value!r}")
+    return value
+
+
+def _name(value, field: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise TopologyError(f"{field}: {value!r} is not a name of 1-32 characters [a-z0-9_-]")
+    return value
+
+
+def _ipv4(value, field: str) -> IPv4Address:
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        return IPv4Address(value)
+    except ValueError:
+        raise TopologyError(f"{field}: {value!r} is not an IPv4 address") from None
+
+
+def _network(value, field: str) -> IPv4Network:
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        return IPv4Network(value)
+    except ValueError:
+        raise TopologyError(f"{field}: {value!r} is not an IPv4 network (address/prefix, "
+                            f"no host bits)") from None
+
+
+def _number(value, field: str, lo: float, hi: float | None, integer: bool = False):
+    ok = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok):
+        kind = "an integer" if integer else "a number"
+        raise TopologyError(f"{field}: expected {kind}, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        raise TopologyError(f"{field}: {value} is out of range {lo}..{'' if hi is None else hi}")
+    return value
+
+
+def _ifnames(peers: list[str]) -> list[str]:
+    """Interface names of one node's link ends, given the peer of each link in link order."""
+    bases = [f"to-{p}"[:IFNAMSIZ] for p in peers]
+    counts = Counter(bases)
+    used = {b for b in bases if counts[b] == 1}
+    out = []
+    for base in bases:
+        name, k = base, 0
+        while counts[base] > 1 and (k == 0 or name in used):
+            k += 1
+            suffix = f"-{k}"
+            name = base[:IFNAMSIZ - len(suffix)] + suffix
+        used.add(name)
+        out.append(name)
+    return out
+
+
+# -- entry points ------------------------------------------------------------------------------
+
+def from_dict(data: dict) -> Topology:
+    """Validate the parsed TOML ``data`` and return the Topology (addresses allocated)."""
+    _table(data, "", {"metric", "port", "link_subnet", "node", "link", "host"})
+    metric = data.get("metric", DEFAULT_METRIC)
+    if metric not in ALL_METRICS:
+        raise TopologyError(f"metric: {metric!r} is not one of {'|'.join(ALL_METRICS)}")
+    port = _number(data.get("port", DEFAULT_PORT), "port", 1, 65535, integer=True)
+    link_subnet = _network(data.get("link_subnet", str(DEFAULT_LINK_SUBNET)), "link_subnet")
+    if link_subnet.prefixlen > 30:
+        raise TopologyError(f"link_subnet: {link_subnet} is smaller than one /30")
+
+    raw_nodes = _list(data.get("node", []), "node")
+    if not raw_nodes:
+        raise TopologyError("node: a topology needs at least one [[node]]")
+    names: dict[str, str] = {}  # name -> field that defined it
+    explicit: dict[IPv4Address, str] = {}
+    parsed = []
+    for i, raw in enumerate(raw_nodes):
+        f = f"node[{i}]"
+        _table(raw, f, {"name", "logical_id", "prefixes", "groups"}, ("name",))
+        name = _name(raw["name"], f"{f}.name")
+        if name in names:
+            raise TopologyError(f"{f}.name: duplicate name {name!r} (also {names[name]})")
+        names[name] = f
+        lid = None
+        if "logical_id" in raw:
+            lid = _ipv4(raw["logical_id"], f"{f}.logical_id")
+            if lid in explicit:
+                raise TopologyError(f"{f}.logical_id: duplicate logical ID {lid} "
+                                    f"(also {explicit[lid]})")
+            if lid in link_subnet:
+                raise TopologyError(f"{f}.logical_id: {lid} lies inside link_subnet {link_subnet}")
+            explicit[lid] = f
+        prefixes = tuple(_network(p, f"{f}.prefixes[{j}]")
+                         for j, p in enumerate(_list(raw.get("prefixes", []), f"{f}.prefixes")))
+        groups = tuple(_ipv4(g, f"{f}.groups[{j}]")
+                       for j, g in enumerate(_list(raw.get("groups", []), f"{f}.groups")))
+        parsed.append((name, lid, prefixes, groups))
+
+    nodes, k = [], 0
+    for name, lid, prefixes, groups in parsed:
+        while lid is None:
+            k += 1
+            candidate = LOGICAL_ID_BASE + k
+            if candidate not in explicit and candidate not in link_subnet:
+                lid = candidate
+        nodes.append(Node(name, lid, prefixes, groups))
+
+    raw_links = _list(data.get("link", []), "link")
+    subnets = link_subnet.subnets(new_prefix=30)
+    ends: list[tuple] = []
+    for i, raw in enumerate(raw_links):
+        f = f"link[{i}]"
+        _table(raw, f, {"a", "b", "latency_ms", "loss_pct", "bandwidth_kbps"}, ("a", "b"))
+        for side in ("a", "b"):
+            if not isinstance(raw[side], str) or raw[side] not in names:
+                raise TopologyError(f"{f}.{side}: unknown node {raw[side]!r}")
+        if raw["a"] == raw["b"]:
+            raise TopologyError(f"{f}.b: a link needs two different nodes, got {raw['b']!r} twice")
+        subnet = next(subnets, None)
+        if subnet is None:
+            raise TopologyError(f"{f}: link_subnet {link_subnet} has no /30 left")
+        chars = {}
+        if "latency_ms" in raw:
+            chars["latency_ms"] = _number(raw["latency_ms"], f"{f}.latency_ms", 0, None)
+        if "loss_pct" in raw:
+            chars["loss_pct"] = _number(raw["loss_pct"], f"{f}.loss_pct", 0, 100)
+        if "bandwidth_kbps" in raw:
+            chars["bandwidth_kbps"] = _number(raw["bandwidth_kbps"], f"{f}.bandwidth_kbps", 1,
+                                              None, integer=True)
+        hosts = list(subnet.hosts())
+        ends.append((raw["a"], raw["b"], subnet, IPv4Interface(f"{hosts[0]}/30"),
+                     IPv4Interface(f"{hosts[1]}/30"), chars))
+
+    # Interface names per node, in link order.
+    ifn: dict[tuple[int, str], str] = {}
+    for n in nodes:
+        mine = [(i, b if a == n.name else a) for i, (a, b, *_rest) in enumerate(ends)
+                if n.name in (a, b)]
+        for (i, _peer), name in zip(mine, _ifnames([p for _i, p in mine])):
+            ifn[(i, n.name)] = name
+    links = tuple(Link(i, a, b, subnet, aa, ba, ifn[(i, a)], ifn[(i, b)], **chars)
+                  for i, (a, b, subnet, aa, ba, chars) in enumerate(ends))
+
+    hosts = []
+    for i, raw in enumerate(_list(data.get("host", []), "host")):
+        f = f"host[{i}]"
+        _table(raw, f, {"name", "attach"}, ("name", "attach"))
+        name = _name(raw["name"], f"{f}.name")
+        if name in names:
+            raise TopologyError(f"{f}.name: duplicate name {name!r} (also {names[name]})")
+        names[name] = f
+        if not isinstance(raw["attach"], str) or raw["attach"] not in {n.name for n in nodes}:
+            raise TopologyError(f"{f}.attach: unknown node {raw['attach']!r}")
+        hosts.append(Host(name, raw["attach"]))
+
+    return Topology(metric, port, link_subnet, tuple(nodes), links, tuple(hosts))
+
+
+def parse(text: str) -> Topology:
+    """Parse TOML text; a syntax error is a TopologyError too."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise TopologyError(f"topology: invalid TOML: {e}") from None
+    return from_dict(data)
+
+
+def load(path) -> Topology:
+    """Read and parse the topology file at ``path``."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as e:
+        raise TopologyError(f"topology file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise TopologyError(f"topology file {path}: invalid TOML: {e}") from None
+    return from_dict(data)
+
+
+def demo() -> Topology:
+    """The embedded demo ring."""
+    return parse(DEMO_TOPOLOGY)

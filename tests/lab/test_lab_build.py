@@ -1,0 +1,239 @@
+"""The namespace lab builder with a stand-in daemon: what ``up`` creates, what ``status`` reports,
+and that ``down`` removes everything, also after crashes and hand-made damage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from spines_kr.lab import netns, topology
+from spines_kr.lab.cli import add_lab_parser
+from tests.lab.conftest import standin_argv
+
+DEMO = topology.demo()
+
+
+def ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+def lab_netns(lab: str) -> list[str]:
+    return [ns for ns in netns._netns_names() if ns.startswith(f"{lab}-")]
+
+
+def in_ns(lab: str, node: str, *argv: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", f"{lab}-{node}", *argv],
+                          capture_output=True, text=True, timeout=20, **kw)
+
+
+def assert_gone(lab: str, pids: list[int]) -> None:
+    assert lab_netns(lab) == []
+    assert not (netns.STATE_ROOT / lab).exists()
+    for pid in pids:
+        info = netns._proc(pid)
+        assert info is None or info[1] == "Z", f"pid {pid} still runs"
+
+
+def lab_up(lab: str, **kw) -> dict:
+    return netns.up(DEMO, lab, daemon=standin_argv, **kw)
+
+
+def test_up_builds_the_ring_and_down_removes_it(lab_name):
+    rt_protos_before = netns.RT_PROTOS_PATH.exists()
+    st = lab_up(lab_name)
+
+    assert sorted(lab_netns(lab_name)) == [f"{lab_name}-n{i}" for i in range(1, 6)]
+    assert st["name"] == lab_name and st["state_dir"] == str(netns.STATE_ROOT / lab_name)
+    assert [n["name"] for n in st["nodes"]] == ["n1", "n2", "n3", "n4", "n5"]
+    for n in st["nodes"]:
+        assert set(n) >= {"name", "netns", "logical_id", "pid", "alive", "log", "control_socket"}
+        assert n["alive"] and n["netns"] == f"{lab_name}-{n['name']}"
+        assert f"inet {n['logical_id']}/32" in ip("-n", n["netns"], "addr", "show", "dev", "lo")
+        sysctl = in_ns(lab_name, n["name"], "sysctl", "-n", "net.ipv4.ip_forward",
+                       "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter")
+        assert sysctl.stdout.split() == ["1", "0", "0"]
+    assert st["hosts"] == []
+    assert netns.RT_PROTOS_PATH.exists()
+
+    # Links: the right names and addresses, rp_filter off, and one hop pings across.
+    assert len(st["links"]) == 5
+    for ln in st["links"]:
+        assert set(ln) == {"a", "b", "a_ifname", "b_ifname", "a_address", "b_address"}
+        assert (ln["a_ifname"], ln["b_ifname"]) == (f"to-{ln['b']}", f"to-{ln['a']}")
+        for side, peer in (("a", "b"), ("b", "a")):
+            shown = ip("-n", f"{lab_name}-{ln[side]}", "-br", "addr", "show", "dev",
+                       ln[f"{side}_ifname"])
+            assert ln[f"{side}_address"] in shown and "UP" in shown
+        rp = in_ns(lab_name, ln["a"], "sysctl", "-n", f"net.ipv4.conf.{ln['a_ifname']}.rp_filter")
+        assert rp.stdout.strip() == "0"
+        ping = in_ns(lab_name, ln["a"], "ping", "-c1", "-W1", ln["b_address"].split("/")[0])
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+
+    # The daemon got the documented arguments (the stand-in wrote them to its -lf file).
+    n1 = st["nodes"][0]
+    args = json.loads(Path(n1["log"]).read_text())
+    assert args == ["daemon", "-p", "8100", "-l", "10.100.0.1", "-I", "10.200.0.1",
+                    "-I", "10.200.0.18", "-a", "10.200.0.2", "-a", "10.200.0.17", "-k", "0",
+                    "-m", "-w", "distance", "-lf", n1["log"], "-ud",
+                    str(Path(st["state_dir"]) / "n1.ipc"), "--control-socket",
+                    n1["control_socket"]]
+
+    argv, env = netns.exec_argv(lab_name, "n2", ["true"])
+    assert argv == ["ip", "netns", "exec", f"{lab_name}-n2", "true"]
+    assert env["SPINES_KR_SOCKET"] == st["nodes"][1]["control_socket"]
+    assert env["SPINES_KR_PORT"] == "8100"
+    with pytest.raises(netns.LabError, match="no node 'n9'"):
+        netns.exec_argv(lab_name, "n9", [])
+
+    pids = [n["pid"] for n in st["nodes"]]
+    report = netns.down(lab_name)
+    assert report["found"] and not report["problems"]
+    assert sorted(report["stopped"]) == ["n1", "n2", "n3", "n4", "n5"]
+    assert_gone(lab_name, pids)
+    assert netns.RT_PROTOS_PATH.exists() == rt_protos_before
+
+
+def test_probe_counts_packets_across_one_link(lab_name):
+    lab_up(lab_name)
+    recv = subprocess.Popen(["ip", "netns", "exec", f"{lab_name}-n2", sys.executable, "-m",
+                             "spines_kr.lab.probe", "recv", "--port", "9000", "--duration", "3"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        # Send until the receiver is bound: the first probes may be refused, later ones count.
+        sent = in_ns(lab_name, "n1", sys.executable, "-m", "spines_kr.lab.probe", "send", "--dst",
+                     "10.200.0.2", "--port", "9000", "--rate", "100", "--duration", "1.5")
+        assert sent.returncode == 0, sent.stderr
+        out, _ = recv.communicate(timeout=10)
+    finally:
+        if recv.poll() is None:
+            recv.kill()
+            recv.wait()
+    result = json.loads(out)
+    assert set(result) == {"received", "lost", "max_gap_ms", "first_seq", "last_seq",
+                           "duplicates"}
+    assert result["received"] > 50 and result["lost"] == 0 and result["duplicates"] == 0
+    assert result["last_seq"] == json.loads(sent.stdout)["last_seq"]
+
+
+def test_down_after_a_killed_daemon_and_a_deleted_namespace(lab_name):
+    st = lab_up(lab_name)
+    pids = [n["pid"] for n in st["nodes"]]
+    os.kill(st["nodes"][0]["pid"], signal.SIGKILL)
+    ip("netns", "del", f"{lab_name}-n3")
+    # The killed daemon shows as dead (a zombie of this process until down reaps it).
+    netns._wait_gone({pids[0]: netns._proc(pids[0])[0]}, 5)
+    assert [n["alive"] for n in netns.status(lab_name)["nodes"]] == [False, True, True, True, True]
+    report = netns.down(lab_name)
+    assert not report["problems"]
+    assert f"{lab_name}-n3" not in report["netns_deleted"]
+    assert_gone(lab_name, pids)
+    again = netns.down(lab_name)
+    assert not again["found"] and not again["problems"]
+
+
+def test_down_finds_a_daemon_that_up_never_recorded(lab_name):
+    st = lab_up(lab_name)
+    state_file = Path(st["state_dir"]) / "state.json"
+    state = json.loads(state_file.read_text())
+    lost_pid = state["nodes"][2]["pid"]
+    state["nodes"][2]["pid"] = state["nodes"][2]["start_time"] = None  # as if up died at spawn
+    state_file.write_text(json.dumps(state))
+    report = netns.down(lab_name)
+    assert "n3" in report["stopped"] and not report["problems"]
+    assert_gone(lab_name, [lost_pid])
+
+
+def test_up_fails_and_cleans_up_when_a_daemon_exits(lab_name, monkeypatch):
+    monkeypatch.setenv("STANDIN_EXIT", "1")
+    with pytest.raises(netns.LabError, match=r"(?s)exited with status 3.*stand-in: boom"):
+        lab_up(lab_name)
+    assert_gone(lab_name, [])
+
+
+def test_up_times_out_and_cleans_up(lab_name, monkeypatch):
+    monkeypatch.setenv("STANDIN_NO_SOCKET", "1")
+    with pytest.raises(netns.LabError, match="not ready after 0.5 s"):
+        lab_up(lab_name, timeout=0.5)
+    assert_gone(lab_name, [])
+
+
+def test_up_refuses_a_lab_that_exists(lab_name):
+    lab_up(lab_name)
+    with pytest.raises(netns.LabError, match="exists"):
+        lab_up(lab_name)
+    assert all(n["alive"] for n in netns.status(lab_name)["nodes"])
+
+
+def test_down_of_an_unknown_lab_is_fine(lab_name):
+    report = netns.down(lab_name)
+    assert report == {"name": lab_name, "found": False, "stopped": [], "killed": [],
+                      "netns_deleted": [], "rt_protos_removed": False, "problems": [],
+                      "warnings": []}
+
+
+def test_two_labs_share_the_rt_protos_file(lab_name):
+    if netns.RT_PROTOS_PATH.exists():
+        pytest.skip(f"{netns.RT_PROTOS_PATH} exists already")
+    other = f"{lab_name[:-1]}x"
+    try:
+        lab_up(lab_name)
+        lab_up(other)
+        netns.down(lab_name)
+        assert netns.RT_PROTOS_PATH.exists()  # the other lab still claims it
+        netns.down(other)
+        assert not netns.RT_PROTOS_PATH.exists()
+    finally:
+        netns.down(other)
+
+
+def run_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="spines-kr")
+    add_lab_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(list(argv))
+    return args.func(args)
+
+
+def test_cli_status_and_errors(lab_name, tmp_path, capsys):
+    assert run_cli("lab", "status", "--name", lab_name) == 1
+    assert capsys.readouterr().err.startswith("spines-kr: error: lab ")
+    assert run_cli("lab", "up", str(tmp_path / "missing.toml"), "--name", lab_name) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.toml" in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[node]]\nname = "n1"\n[[link]]\na = "n1"\nb = "n9"\n')
+    assert run_cli("lab", "up", str(bad), "--name", lab_name) == 2
+    assert "link[0].b: unknown node 'n9'" in capsys.readouterr().err
+    assert run_cli("lab", "down", "--name", "bad/name") == 2
+    capsys.readouterr()
+
+    lab_up(lab_name)
+    assert run_cli("lab", "status", "--name", lab_name, "--json") == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["name"] == lab_name and len(st["nodes"]) == 5
+    assert run_cli("lab", "status", "--name", lab_name) == 0
+    assert f"{lab_name}-n5" in capsys.readouterr().out
+    assert run_cli("lab", "down", "--name", lab_name) == 0
+    assert "5 namespaces deleted" in capsys.readouterr().out
+    assert run_cli("lab", "down", "--name", lab_name) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_cli_exec_passes_the_exit_status_and_environment(lab_name):
+    lab_up(lab_name)
+    code = ("import os, sys; from spines_kr.lab.cli import add_lab_parser; import argparse;"
+            "p = argparse.ArgumentParser(); add_lab_parser(p.add_subparsers());"
+            "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
+    r = subprocess.run([sys.executable, "-c", code, "lab", "exec", "--name", lab_name, "n4", "--",
+                        "sh", "-c", 'ip -br addr show dev lo; echo "$SPINES_KR_SOCKET"; exit 7'],
+                       capture_output=True, text=True, timeout=20,
+                       env=dict(os.environ, PYTHONPATH=str(netns.REPO_ROOT)))
+    assert r.returncode == 7, r.stderr
+    assert "10.100.0.4/32" in r.stdout and r.stdout.strip().endswith("n4.ctl")
