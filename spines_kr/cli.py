@@ -1,0 +1,192 @@
+"""The ``spines-kr`` command.
+
+    spines-kr daemon [Spines flags] [long options]   run one overlay router in the foreground
+    spines-kr show status|neighbors|links|routes|topology [--json]
+    spines-kr lab up|down|status|exec|demo ...        namespace lab on this machine
+
+Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.  Errors are one line
+on stderr naming the problem, never a traceback.
+
+The control socket of ``show`` is ``--socket``, else $SPINES_KR_SOCKET (``lab exec`` sets it),
+else the default path for ``--port`` / $SPINES_KR_PORT (8100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from spines_kr import __version__
+
+USAGE_ERROR = 2
+
+# Spines flags we accept but do not implement yet: flag -> what it is.
+NOT_YET = {
+    "-d": "multicast auto-discovery",
+    "-W": "wireless timers",
+    "-rl": "rate limiting",
+    "-tf": "the trace flag",
+    "-sf": "the statistics flag",
+    "-pc": "the packet-capture flag",
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports one line and exits 2, without the usage dump."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _daemon_parser(sub) -> None:
+    p = sub.add_parser("daemon", help="run one overlay router in the foreground",
+                       description="Run one spines-kr overlay router (Spines daemon flags).")
+    p.add_argument("-p", "--port", type=int, help="overlay UDP port (default 8100)")
+    p.add_argument("-l", "--logical-id", help="this node's logical ID (IPv4)")
+    p.add_argument("-I", "--local-address", action="append", dest="local_addresses",
+                   help="local address to run links from (repeatable)")
+    p.add_argument("-a", "--neighbor", action="append", dest="neighbors",
+                   help="neighbor link address to create a link to (repeatable)")
+    p.add_argument("-w", "--metric", help="distance|latency|loss|explat|problem")
+    p.add_argument("-k", "--kernel", action="append", type=int, dest="kernel_levels",
+                   help="kernel routing level (repeatable); 0 = a /32 route to every node")
+    p.add_argument("-m", "--accept-link-commands", action="store_const", const=True,
+                   help="accept setlink commands")
+    p.add_argument("-x", "--exit-after", type=float, help="exit gracefully after SECONDS")
+    p.add_argument("-U", "--unicast-only", action="store_const", const=True)
+    p.add_argument("-lf", "--log-file", help="append logs to FILE")
+    p.add_argument("-ud", "--ipc-path", help="client IPC path (default /tmp/spines<port>)")
+    p.add_argument("-c", "--config", help="TOML configuration file (flags win over it)")
+    p.add_argument("--control-socket", help="management socket path")
+    p.add_argument("--table", type=int, help="kernel route table (default 254, main)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-format", choices=("auto", "json", "console"))
+    for flag, what in NOT_YET.items():
+        p.add_argument(flag, dest="not_yet_" + flag.strip("-"), action="append", nargs="?",
+                       const=True, help=f"({what}: not implemented yet)")
+    p.set_defaults(func=cmd_daemon)
+
+
+def cmd_daemon(args) -> int:
+    from spines_kr import config
+
+    for flag in NOT_YET:
+        if getattr(args, "not_yet_" + flag.strip("-")):
+            raise UsageError(f"daemon: {flag} ({NOT_YET[flag]}) is not implemented yet")
+    try:
+        file_values = config.load_file(args.config) if args.config else {}
+        flags = {k: getattr(args, k) for k in (
+            "port", "logical_id", "local_addresses", "neighbors", "metric", "kernel_levels",
+            "accept_link_commands", "exit_after", "unicast_only", "log_file", "ipc_path",
+            "control_socket", "table", "log_level", "log_format")}
+        cfg = config.build(file_values, flags)
+    except config.ConfigError as e:
+        raise UsageError(f"daemon: {e}") from None
+    if os.geteuid() != 0 and cfg.kernel_routing:
+        print("spines-kr: warning: not root; kernel route writes need CAP_NET_ADMIN",
+              file=sys.stderr)
+    from spines_kr.daemon.main import run
+
+    return run(cfg)
+
+
+def _show_parser(sub) -> None:
+    from spines_kr.daemon.control import SHOW
+
+    p = sub.add_parser("show", help="ask the running daemon")
+    p.add_argument("what", choices=SHOW)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--socket", help="control socket of the daemon")
+    p.add_argument("-p", "--port", type=int, help="overlay port of the daemon (default 8100)")
+    p.set_defaults(func=cmd_show)
+
+
+def control_path(args) -> str:
+    from spines_kr.config import default_control_socket
+
+    if getattr(args, "socket", None):
+        return args.socket
+    if os.environ.get("SPINES_KR_SOCKET"):
+        return os.environ["SPINES_KR_SOCKET"]
+    port = getattr(args, "port", None) or int(os.environ.get("SPINES_KR_PORT", 8100))
+    return default_control_socket(port)
+
+
+def cmd_show(args) -> int:
+    from spines_kr.daemon.control import request
+
+    path = control_path(args)
+    try:
+        reply = request(path, {"cmd": "show", "what": args.what})
+    except OSError as e:
+        print(f"spines-kr: error: no daemon at {path}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"spines-kr: error: {reply.get('error')}", file=sys.stderr)
+        return 1
+    data = reply["data"]
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(render(args.what, data))
+    return 0
+
+
+def render(what: str, data) -> str:
+    """Human-readable tables of the show views."""
+    if what == "status":
+        counters = data.pop("counters", {})
+        lines = [f"{k:16} {v}" for k, v in data.items()]
+        lines += ["counters:"] + [f"  {k:30} {v}" for k, v in counters.items()]
+        return "\n".join(lines)
+    if what in ("neighbors", "links"):
+        head = f"{'neighbor':15} {'address':15} {'dev':12} {'state':5} {'rtt_ms':>8} {'loss':>6} {'since_s':>9}"
+        rows = [f"{l['neighbor_id'] or '-':15} {l['neighbor_address']:15} {l['ifname']:12} "
+                f"{l['state']:5} {l['rtt_ms'] if l['rtt_ms'] is not None else '-':>8} "
+                f"{l['loss']:>6.2%} {l['since_s']:>9.1f}" for l in data]
+        return "\n".join([head, *rows])
+    if what == "routes":
+        head = f"{'destination':18} {'cost':>5}  next hops"
+        rows = [f"{r['dst']:18} {r['cost']:>5}  " + ", ".join(
+            f"via {h['gateway']} dev {h['dev'] or h['ifindex']}" for h in r["nexthops"])
+            + ("" if r["installed"] else "  (not installed)") for r in data]
+        return "\n".join([head, *rows])
+    if what == "topology":
+        rows = [f"{l['from']:15} -> {l['to']:15} cost {l['cost']}" for l in data["links"]]
+        return "\n".join([f"{len(data['nodes'])} nodes, seen from {data['self']}", *rows])
+    return json.dumps(data, indent=2)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="spines-kr", description="Kernel-routing overlay manager.")
+    parser.add_argument("--version", action="version", version=f"spines-kr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _daemon_parser(sub)
+    _show_parser(sub)
+    from spines_kr.lab.cli import add_lab_parser
+
+    add_lab_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as e:
+        print(f"spines-kr: error: {str(e).removeprefix('spines-kr: ')}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug: one line for the user, the traceback on request
+        if os.environ.get("SPINES_KR_DEBUG"):
+            raise
+        print(f"spines-kr: internal error: {type(e).__name__}: {e} "
+              f"(set SPINES_KR_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1

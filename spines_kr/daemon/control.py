@@ -1,0 +1,141 @@
+"""The daemon's local control socket: ``spines-kr show ...`` and friends.
+
+Protocol: a Unix stream socket; the client sends one JSON object on one line, e.g.
+``{"cmd": "show", "what": "routes"}``, and reads one JSON line back:
+``{"ok": true, "data": ...}`` or ``{"ok": false, "error": "one line for a person"}``.
+A malformed request gets an error reply; the daemon carries on.
+
+Permissions: the socket is created mode 0660 (owner root, group ``control_group`` when set),
+in a directory only root can write (/run/spines-kr by default).
+
+Entry points: ``serve(daemon, path, group)`` (called from the running loop), ``close(server,
+path)``, and ``request(path, obj, timeout)`` for clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import ipaddress
+import json
+import os
+import socket
+
+MAX_REQUEST = 64 * 1024
+SHOW = ("status", "neighbors", "links", "routes", "topology")
+
+
+def serve(daemon, path: str, group: str | None = None):
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    os.chmod(path, 0o660)
+    if group:
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+    sock.listen(16)
+    sock.setblocking(False)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            reply = answer(daemon, line)
+        except (asyncio.TimeoutError, asyncio.LimitOverrunError, ValueError):
+            reply = {"ok": False, "error": "request too long or too slow"}
+        except ConnectionError:
+            return
+        try:
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+            writer.close()
+        except ConnectionError:
+            pass
+
+    return asyncio.get_running_loop().create_task(
+        asyncio.start_unix_server(handle, sock=sock, limit=MAX_REQUEST))
+
+
+async def close(server_task, path: str) -> None:
+    server = await server_task
+    server.close()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def answer(daemon, line: bytes) -> dict:
+    try:
+        req = json.loads(line)
+        if not isinstance(req, dict):
+            raise ValueError
+    except ValueError:
+        return {"ok": False, "error": "malformed request: expected one JSON object per line"}
+    cmd = req.get("cmd")
+    if cmd == "ping":
+        return {"ok": True, "data": "pong"}
+    if cmd == "show":
+        what = req.get("what")
+        if what not in SHOW:
+            return {"ok": False, "error": f"show: unknown view {what!r} (one of {', '.join(SHOW)})"}
+        return {"ok": True, "data": VIEWS[what](daemon)}
+    if cmd in ("setlink", "join", "leave"):
+        return {"ok": False, "error": f"{cmd}: not implemented yet"}
+    return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+
+def _ip(n: int) -> str:
+    return str(ipaddress.IPv4Address(n))
+
+
+def _neighbors(d):
+    now = asyncio.get_running_loop().time()
+    return [l.to_json(now) for l in sorted(d.node.links.values(), key=lambda l: l.key)]
+
+
+def _routes(d):
+    spf = d.node.spf()
+    out = []
+    for dst, r in sorted(d.node.routes().items()):
+        node = int(ipaddress.IPv4Network(dst).network_address)
+        out.append({"dst": dst, "cost": spf.get(node, (None,))[0], "metric": d.cfg.metric,
+                    "prefsrc": r.prefsrc, "protocol": d.cfg.route_protocol, "table": d.cfg.table,
+                    "nexthops": [{"gateway": nh.gateway, "ifindex": nh.ifindex,
+                                  "dev": d.ifnames.get(nh.ifindex, ""), "weight": nh.weight}
+                                 for nh in r.nexthops],
+                    "installed": d.reconciler is not None and d.reconciler.installed.get(dst) == r})
+    return out
+
+
+def _topology(d):
+    graph = d.node.lsdb.graph()
+    return {"self": d.cfg.logical_id,
+            "nodes": [{"id": _ip(o), "seq": lsa.seq, "links": len(lsa.links)}
+                      for o, lsa in sorted(d.node.lsdb.lsas.items())],
+            "links": [{"from": _ip(a), "to": _ip(b), "cost": c}
+                      for a, adj in sorted(graph.items()) for b, c in sorted(adj.items())]}
+
+
+VIEWS = {"status": lambda d: d.status(), "neighbors": _neighbors, "links": _neighbors,
+         "routes": _routes, "topology": _topology}
+
+
+def request(path: str, obj: dict, timeout: float = 5.0) -> dict:
+    """Send one request to the daemon at ``path``; raise OSError when it cannot be reached."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(json.dumps(obj).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    try:
+        return json.loads(buf)
+    except ValueError:
+        raise OSError(f"daemon at {path} sent a malformed reply") from None

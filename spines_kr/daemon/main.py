@@ -1,0 +1,392 @@
+"""The daemon process: one asyncio loop around the protocol engine (``daemon.node.Node``).
+
+Entry point: ``run(cfg) -> int`` (exit status, see ``ExitCode``).  The loop waits on three file
+descriptors and one deadline, never spins:
+    the overlay UDP socket   packets -> Node.receive
+    the netlink watch        link/address/route events -> Node.set_interface, resync
+    the control socket       ``spines-kr show ...`` requests (daemon.control)
+    Node.next_deadline()     hellos, dead links, retransmits (one timer, re-armed after events)
+
+Data flow: measure -> flood -> compute -> reconcile.  Whenever ``Node.routes_version`` moves,
+one reconcile is scheduled (coalesced: many changes in one loop turn cost one sync); it diffs
+the desired set against the kernel (``netlink.reconcile``) and writes only the difference.
+
+Own traffic stays on the direct link: every packet to a neighbor is sent with IP_PKTINFO naming
+the link's interface and source address, so the kernel routes it out of that interface even
+when the overlay's best route to the neighbor's address goes elsewhere (the FIB lookup skips
+next hops not on the requested interface and falls back to the connected subnet).  Neighbors
+must therefore be on-link (in a connected subnet of a local interface), which kernel routing
+needs anyway: a route's gateway must be on-link.
+
+Restart: if routes of ours are in the kernel at start (a crash, or kept at exit), they are kept
+while the overlay converges: the reconciler only adds missing routes until every configured
+neighbor is up and the routes have been stable for a moment, or ``startup_grace_s`` passed;
+then a full sync replaces and sweeps.  Clean exit (SIGTERM, SIGINT, -x): flood an LSA without
+links, withdraw our routes, remove the socket files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ipaddress
+import os
+import random
+import signal
+import socket
+import struct
+import time
+
+from spines_kr.config import Config
+from spines_kr.daemon import control, logging as dlog
+from spines_kr.daemon.node import Node, Params
+from spines_kr.netlink import events as nlevents
+from spines_kr.netlink.kernel import RouteTable
+from spines_kr.netlink.reconcile import Reconciler
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+IPTOS_PREC_INTERNETCONTROL = 0xC0
+SETTLE_S = 0.3  # routes unchanged this long after all neighbors are up: the restart hold ends
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    RUNTIME = 1
+    USAGE = 2
+
+
+class Daemon:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.log = None
+        self.started = time.monotonic()
+        self.node: Node | None = None
+        self.sock: socket.socket | None = None
+        self.kernel: RouteTable | None = None
+        self.watch = None
+        self.reconciler: Reconciler | None = None
+        self.addresses: list[tuple[int, str, int]] = []
+        self.ifnames: dict[int, str] = {}
+        self._link_state: dict[int, bool] = {}
+        self._unresolved_logged: set[str] = set()
+        self._last_desired = None
+        self.stop = asyncio.Event()
+        self.hold = False  # restart hold: only add missing routes
+        self.hold_until = 0.0
+        self.last_routes_change = 0.0
+        self.synced_version = -1
+        self.sync_pending = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.stats = {"reconciles": 0, "routes_added": 0, "routes_replaced": 0,
+                      "routes_deleted": 0, "route_errors": 0, "send_errors": 0}
+        self.control_server = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        cfg = self.cfg
+        self.log = dlog.setup(cfg.log_level, cfg.log_format, cfg.log_file)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        try:
+            self._open(loop)
+        except OSError as e:
+            self.log.error("daemon.start_failed", error=str(e))
+            self._close()
+            return ExitCode.RUNTIME
+        self.log.info("daemon.started", logical_id=cfg.logical_id, port=cfg.port,
+                      metric=cfg.metric, kernel_levels=list(cfg.kernel_levels),
+                      neighbors=list(cfg.neighbors), table=cfg.table,
+                      protocol=cfg.route_protocol, hold=self.hold)
+        if cfg.exit_after is not None:
+            loop.call_later(cfg.exit_after, self.stop.set)
+        self._after_event()
+        await self.stop.wait()
+        self.log.info("daemon.stopping")
+        await self._shutdown()
+        return ExitCode.OK
+
+    def _open(self, loop) -> None:
+        cfg = self.cfg
+        # Opened also without kernel routing: it reads interfaces and addresses.
+        self.kernel = RouteTable(cfg.table, cfg.route_protocol, cfg.route_priority)
+        self.watch = nlevents.KernelWatch()
+        self._refresh_interfaces()
+        prefsrc = None
+        if cfg.prefsrc:
+            if any(a == cfg.logical_id for _, a, _ in self.addresses):
+                prefsrc = cfg.logical_id
+            else:
+                self.log.warning("daemon.no_prefsrc", logical_id=cfg.logical_id,
+                                 hint="put the logical ID on lo so routes carry it as source")
+        now = loop.time()
+        # Sequence numbers start from the wall clock (ms), so a restarted node's first LSA is
+        # newer than any of its previous life (the jump-past rule in Node covers clock resets).
+        self.node = Node(Params.from_config(cfg, prefsrc), now, initial_seq=int(time.time() * 1000),
+                         rng=random.Random())
+        self.sock = self._udp_socket()
+        loop.add_reader(self.sock.fileno(), self._on_udp)
+        loop.add_reader(self.watch.fileno(), self._on_netlink)
+        if cfg.kernel_routing:
+            self.reconciler = Reconciler(self.kernel)
+            existing = self.kernel.dump()
+            self.reconciler.installed = existing
+            if existing:
+                self.hold = True
+                self.hold_until = now + cfg.startup_grace_s
+                self.log.info("routes.restart_hold", stale=len(existing),
+                              grace_s=cfg.startup_grace_s)
+            loop.call_later(cfg.reconcile_interval_s, self._periodic_reconcile)
+        self._resolve_neighbors(now)
+        self.control_server = control.serve(self, cfg.control_socket, cfg.control_group)
+
+    def _udp_socket(self) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_IP, IP_PKTINFO, 1)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, IPTOS_PREC_INTERNETCONTROL)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.setblocking(False)
+        s.bind(("0.0.0.0", self.cfg.port))
+        return s
+
+    async def _shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.node is not None and self.sock is not None:
+            self.node.withdraw(loop.time())
+            self._send_outbox()
+        if self.reconciler is not None:
+            res = self.reconciler.sync({})
+            self.log.info("routes.withdrawn", deleted=res.deleted, errors=len(res.errors))
+        if self.control_server is not None:
+            await control.close(self.control_server, self.cfg.control_socket)
+        self._close()
+        self.log.info("daemon.stopped")
+
+    def _close(self) -> None:
+        for obj in (self.sock, self.watch, self.kernel):
+            if obj is not None:
+                try:
+                    obj.close()
+                except OSError:
+                    pass
+
+    # --- interfaces and neighbors ---------------------------------------------------------------
+
+    def _refresh_interfaces(self) -> None:
+        links = self.kernel.links()
+        self.ifnames = {i: l.name for i, l in links.items()}
+        self.addresses = self.kernel.local_addresses()
+        if self.node is not None:
+            now = asyncio.get_running_loop().time()
+            for i, l in links.items():
+                self.node.set_interface(i, l.up, now)
+        self._link_state = {i: l.up for i, l in links.items()}
+
+    def _local_end(self, peer: str) -> tuple[int, str] | None:
+        """The (ifindex, local address) whose connected subnet holds ``peer``."""
+        pa = ipaddress.IPv4Address(peer)
+        wanted = set(self.cfg.local_addresses)
+        best = None
+        for ifindex, addr, plen in self.addresses:
+            if plen == 32 or (wanted and addr not in wanted):
+                continue
+            if pa in ipaddress.IPv4Network(f"{addr}/{plen}", strict=False) and pa != ipaddress.IPv4Address(addr):
+                if best is None or plen > best[2]:
+                    best = (ifindex, addr, plen)
+        return None if best is None else best[:2]
+
+    def _resolve_neighbors(self, now: float) -> None:
+        node = self.node
+        for link in node.links.values():
+            link.ifname = link.ifname or self.ifnames.get(link.ifindex, "")
+        for peer in self.cfg.neighbors:
+            end = self._local_end(peer)
+            present = [k for k, l in node.links.items() if l.peer_addr == peer and l.configured]
+            if end is None:
+                for key in present:
+                    node.remove_link(key, now)
+                if peer not in self._unresolved_logged:
+                    self._unresolved_logged.add(peer)
+                    self.log.warning("neighbor.unresolved", neighbor=peer,
+                                     reason="not in a connected subnet of any local interface")
+                continue
+            self._unresolved_logged.discard(peer)
+            ifindex, local = end
+            for key in present:
+                if key != (ifindex, peer):
+                    node.remove_link(key, now)
+            link = node.add_link(ifindex, self.ifnames.get(ifindex, ""), local, peer, now)
+            link.local_addr = local
+            node.set_interface(ifindex, self._link_state.get(ifindex, True), now)
+
+    # --- I/O handlers ---------------------------------------------------------------------------
+
+    def _on_udp(self) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(256):  # bounded, so the loop serves timers under a flood
+            try:
+                data, anc, _flags, addr = self.sock.recvmsg(65535, socket.CMSG_SPACE(12))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:  # e.g. ICMP errors reported on the socket
+                self.node.counters["recv_errors"] += 1
+                self.log.debug("udp.recv_error", error=str(e))
+                continue
+            ifindex = 0
+            for level, typ, cdata in anc:
+                if level == socket.SOL_IP and typ == IP_PKTINFO and len(cdata) >= 12:
+                    ifindex = struct.unpack_from("=i", cdata)[0]
+            self.node.receive(ifindex, addr[0], data, loop.time())
+        self._after_event()
+
+    def _on_netlink(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        resolve = False
+        for ev in self.watch.read():
+            if isinstance(ev, nlevents.LinkEvent):
+                if self._link_state.get(ev.ifindex) != ev.up:
+                    self.log.info("interface.up" if ev.up else "interface.down",
+                                  ifindex=ev.ifindex, ifname=ev.name)
+                self._link_state[ev.ifindex] = ev.up
+                self.ifnames[ev.ifindex] = ev.name
+                self.node.set_interface(ev.ifindex, ev.up, now)
+                if ev.up:
+                    self.synced_version = -1  # kernel dropped routes via it: full sync
+            elif isinstance(ev, nlevents.AddrEvent):
+                resolve = True
+            elif isinstance(ev, nlevents.RouteEvent):
+                if (ev.deleted and ev.protocol == self.cfg.route_protocol
+                        and ev.table == self.cfg.table and self.reconciler is not None
+                        and ev.dst in self.reconciler.installed):
+                    self.log.info("routes.drift", dst=ev.dst, change="deleted")
+                    self.reconciler.installed.pop(ev.dst, None)
+                    self.synced_version = -1
+            elif isinstance(ev, nlevents.Overflow):
+                self.log.warning("netlink.overflow", action="full resync")
+                self._refresh_interfaces()
+                resolve = True
+                if self.reconciler is not None:
+                    self.reconciler.installed = self.kernel.dump()
+                self.synced_version = -1
+        if resolve:
+            self.addresses = self.kernel.local_addresses()
+            self._resolve_neighbors(now)
+        self._after_event()
+
+    def _send_outbox(self) -> None:
+        for link, pkt in self.node.outbox:
+            pktinfo = struct.pack("=i4s4s", link.ifindex, socket.inet_aton(link.local_addr),
+                                  b"\0\0\0\0")
+            try:
+                self.sock.sendmsg([pkt], [(socket.SOL_IP, IP_PKTINFO, pktinfo)],
+                                  0, (link.peer_addr, self.cfg.port))
+            except OSError as e:
+                self.stats["send_errors"] += 1
+                self.log.debug("udp.send_error", link=link.peer_addr, error=str(e))
+        self.node.outbox.clear()
+
+    def _after_event(self) -> None:
+        """Drain the engine's outputs, schedule a reconcile if routes moved, re-arm the timer."""
+        loop = asyncio.get_running_loop()
+        node = self.node
+        self._send_outbox()
+        for name, fields in node.events:
+            self.log.info(name, **fields)
+        node.events.clear()
+        if self.reconciler is not None and node.routes_version != self.synced_version \
+                and not self.sync_pending:
+            self.sync_pending = True
+            loop.call_soon(self._reconcile)
+        if self.timer is not None:
+            self.timer.cancel()
+        when = node.next_deadline()
+        if self.hold:
+            when = min(when, self.hold_until)
+        self.timer = loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        self.node.tick(asyncio.get_running_loop().time())
+        self._after_event()
+
+    # --- reconcile ------------------------------------------------------------------------------
+
+    def _hold_over(self, now: float) -> bool:
+        if now >= self.hold_until:
+            return True
+        configured = [l for l in self.node.links.values() if l.configured]
+        return (bool(configured) and all(l.up for l in configured)
+                and now - self.last_routes_change >= SETTLE_S)
+
+    def _reconcile(self, full: bool = False) -> None:
+        self.sync_pending = False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        node = self.node
+        version = node.routes_version
+        desired = node.routes()
+        if desired != self._last_desired:
+            self.last_routes_change = now
+            self._last_desired = desired
+        if self.hold and self._hold_over(now):
+            self.hold = False
+            self.log.info("routes.restart_hold_over", after_s=round(now - (self.hold_until - self.cfg.startup_grace_s), 3))
+        t0 = time.perf_counter()
+        try:
+            res = self.reconciler.sync(desired, installed=None if full else self.reconciler.installed,
+                                       allow_delete=not self.hold,
+                                       allow_replace_existing=not self.hold)
+        except OSError as e:
+            self.log.error("routes.sync_failed", error=str(e))
+            loop.call_later(1.0, self._reconcile)
+            return
+        self.stats["reconciles"] += 1
+        self.stats["routes_added"] += res.added
+        self.stats["routes_replaced"] += res.replaced
+        self.stats["routes_deleted"] += res.deleted
+        self.stats["route_errors"] += len(res.errors)
+        if res.added or res.replaced or res.deleted or res.errors:
+            self.log.info("routes.synced", added=res.added, replaced=res.replaced,
+                          deleted=res.deleted, errors=len(res.errors), total=len(desired),
+                          ms=round((time.perf_counter() - t0) * 1000, 3), full=full)
+        for err in res.errors[:5]:
+            self.log.warning("routes.write_failed", dst=err.route.dst, op=err.op, error=err.message)
+        self.synced_version = -1 if (res.errors or self.hold) else version
+        if res.errors:
+            loop.call_later(1.0, self._after_event)  # failed writes retry on the next pass
+
+    def _periodic_reconcile(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._reconcile(full=True)
+        loop.call_later(self.cfg.reconcile_interval_s, self._periodic_reconcile)
+
+    # --- status (control socket) ----------------------------------------------------------------
+
+    def status(self) -> dict:
+        import psutil
+
+        proc = psutil.Process()
+        now = asyncio.get_running_loop().time()
+        node = self.node
+        links = node.links.values()
+        return {
+            "logical_id": self.cfg.logical_id, "port": self.cfg.port, "metric": self.cfg.metric,
+            "kernel_levels": list(self.cfg.kernel_levels), "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "rss_bytes": proc.memory_info().rss, "cpu_s": round(sum(proc.cpu_times()[:2]), 3),
+            "neighbors_up": sum(1 for l in links if l.up), "links": len(node.links),
+            "nodes": len(node.lsdb), "routes": len(node.routes()),
+            "restart_hold": self.hold, "table": self.cfg.table,
+            "route_protocol": self.cfg.route_protocol,
+            "counters": {**dict(sorted(node.counters.items())), **self.stats},
+            "lsa_seq": node.seq, "now": round(now, 3),
+        }
+
+
+def run(cfg: Config) -> int:
+    try:
+        return asyncio.run(Daemon(cfg).run())
+    except KeyboardInterrupt:
+        return ExitCode.OK
