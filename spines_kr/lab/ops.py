@@ -88,8 +88,8 @@ def path(st: dict, src: str, dst: str) -> list[str]:
     """The nodes a packet from ``src`` to ``dst``'s logical ID crosses, by the kernels' routes."""
     owner = {}
     for l in st["links"]:
-        owner[l["a_address"]] = l["a"]
-        owner[l["b_address"]] = l["b"]
+        owner[l["a_address"].split("/")[0]] = l["a"]
+        owner[l["b_address"].split("/")[0]] = l["b"]
     target = _node(st, dst)["logical_id"] + "/32"
     hops, here = [src], src
     while here != dst and len(hops) <= len(st["nodes"]):
