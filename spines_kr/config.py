@@ -66,7 +66,7 @@ class Config:
     reconcile_interval_s: float = 30.0
     startup_grace_s: float = 5.0
     # timers (Spines: 100 ms hellos, dead after 10)
-    hello_interval_ms: int = 50
+    hello_interval_ms: int = 60
     dead_interval_ms: int = 250
     up_after_hellos: int = 3
     retransmit_ms: int = 100

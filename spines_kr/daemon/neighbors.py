@@ -16,7 +16,7 @@ carrier does so immediately (the daemon learns it from netlink), and silence lon
 Measurements: ``srtt_ms`` is an EWMA (1/8) of RTT samples; ``loss`` is the fraction of the
 neighbor's last 64 hello sequence numbers that did not arrive.
 
-Default timers (config): 50 ms hellos, dead after 250 ms, up after 3 answered hellos.  Spines
+Default timers (config): 60 ms hellos (jittered down to 51 ms: about 18 per second), dead after 250 ms, up after 3 answered hellos.  Spines
 uses 100 ms hellos and 10 missed (about 1 s).
 """
 

@@ -44,7 +44,7 @@ class Params:
     self_id: int
     instance: int
     metric: str = "distance"
-    hello_interval: float = 0.05
+    hello_interval: float = 0.06
     dead_interval: float = 0.25
     up_after: int = 3
     retransmit: float = 0.1
@@ -345,8 +345,8 @@ class Node:
             metric=self._metric_code,
             state=(wire.HELLO_HEARD if heard else 0) | (wire.HELLO_UP if link.up else 0))
         self._send(link, wire.encode(h, instance=self.p.instance, sender=self.id))
-        # jitter (-10 %..0) so that hellos of many links and nodes do not synchronise
-        link.next_hello = now + self.p.hello_interval * self.rng.uniform(0.9, 1.0)
+        # jitter (-15 %..0) so that hellos of many links and nodes do not synchronise
+        link.next_hello = now + self.p.hello_interval * self.rng.uniform(0.85, 1.0)
 
     def _flush(self, now: float) -> None:
         for link in self.links.values():
