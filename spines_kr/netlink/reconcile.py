@@ -1,0 +1,136 @@
+"""Reconcile a desired route set with the routes the kernel holds: pure, no sockets.
+
+Data model:
+    Plan(replace, delete)          the minimal change: routes to write (absent or different in the
+                                   kernel) and installed routes whose dst is no longer desired.
+    RouteError(route, op, errno, message)
+                                   one kernel write that failed; the rest of its batch applied.
+    SyncResult(added, replaced, deleted, errors, unchanged)
+                                   what one sync did.
+    Kernel                         the narrow contract the reconciler needs: ``dump()`` returns the
+                                   installed RouteSet of our (table, protocol, priority) slot,
+                                   ``apply(replace, delete)`` writes and returns the failures.
+                                   ``netlink.kernel.RouteTable`` is the real one.
+
+Entry points: ``diff(desired, installed)`` and ``Reconciler(kernel).sync(desired, ...)``.
+
+Model followed: BIRD's kernel syncer (sysdep/unix/krt.c).  The daemon always knows the whole table
+it wants; each sync compares it with the installed set and writes only the difference, so a
+restart, a route deleted by hand or a lost netlink event is repaired by the next sync.  A failed
+write is not remembered as installed, so it stays in the difference and is retried next time.
+
+Equality follows the kernel: the weight of a single next hop is not stored by the kernel (kernel
+6.18: ``ip route add 10.7.0.0/24 nexthop via 10.0.0.2 dev v0 weight 5`` is listed as
+``10.7.0.0/24 via 10.0.0.2 dev v0``), so it is ignored when comparing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from spines_kr.routing.model import Route, RouteSet
+
+
+@dataclass(frozen=True, slots=True)
+class RouteError:
+    route: Route
+    op: str  # "replace" | "delete"
+    errno: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    replace: list[Route]
+    delete: list[Route]
+
+    @property
+    def empty(self) -> bool:
+        return not self.replace and not self.delete
+
+
+@dataclass(slots=True)
+class SyncResult:
+    added: int = 0
+    replaced: int = 0
+    deleted: int = 0
+    errors: list[RouteError] = field(default_factory=list)
+    unchanged: int = 0
+
+
+class Kernel(Protocol):
+    def dump(self) -> RouteSet: ...
+
+    def apply(self, replace: list[Route], delete: list[Route]) -> list[RouteError]: ...
+
+
+def kernel_form(route: Route) -> Route:
+    """The route as the kernel stores it: a lone next hop has no weight."""
+    if route.multipath or route.nexthops[0].weight == 1:
+        return route
+    lone = dataclasses.replace(route.nexthops[0], weight=1)
+    return dataclasses.replace(route, nexthops=(lone,))
+
+
+def diff(desired: RouteSet, installed: RouteSet) -> Plan:
+    replace = [
+        desired[dst]
+        for dst in sorted(desired)
+        if dst not in installed or kernel_form(desired[dst]) != kernel_form(installed[dst])
+    ]
+    delete = [installed[dst] for dst in sorted(installed) if dst not in desired]
+    return Plan(replace, delete)
+
+
+class Reconciler:
+    """Keeps one kernel slot equal to the desired route set.
+
+    ``installed`` is the reconciler's view of the kernel after its last sync: the dumped (or given)
+    set with the successful writes applied, in the form a dump would return.
+    """
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.installed: RouteSet = {}
+
+    def sync(
+        self,
+        desired: RouteSet,
+        *,
+        installed: RouteSet | None = None,
+        allow_delete: bool = True,
+        allow_replace_existing: bool = True,
+    ) -> SyncResult:
+        """Make the kernel hold ``desired``; dump first unless ``installed`` is given.
+
+        ``allow_delete=False`` keeps routes that are no longer desired; ``allow_replace_existing``
+        False only adds dsts the kernel does not hold at all (graceful restart: routes kept from
+        the previous run stay until the topology has converged).
+        """
+        if installed is None:
+            installed = self.kernel.dump()
+        plan = diff(desired, installed)
+        writes = plan.replace
+        if not allow_replace_existing:
+            writes = [r for r in writes if r.dst not in installed]
+        deletes = plan.delete if allow_delete else []
+        errors = self.kernel.apply(writes, deletes) if writes or deletes else []
+
+        failed = {(e.op, e.route.dst) for e in errors}
+        view = dict(installed)
+        result = SyncResult(errors=errors, unchanged=len(desired) - len(plan.replace))
+        for route in writes:
+            if ("replace", route.dst) not in failed:
+                if route.dst in view:
+                    result.replaced += 1
+                else:
+                    result.added += 1
+                view[route.dst] = kernel_form(route)
+        for route in deletes:
+            if ("delete", route.dst) not in failed:
+                del view[route.dst]
+                result.deleted += 1
+        self.installed = view
+        return result
