@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import ipaddress
 import os
 import random
@@ -92,7 +93,11 @@ class Daemon:
         try:
             self._open(loop)
         except OSError as e:
-            self.log.error("daemon.start_failed", error=str(e))
+            reason = e.strerror or str(e)
+            if e.errno == errno.EADDRINUSE:
+                reason = (f"UDP port {cfg.port} is in use (another spines-kr daemon of this overlay "
+                          f"on this host?)")
+            self.log.error("daemon.start_failed", error=reason)
             self._close()
             return ExitCode.RUNTIME
         self.log.info("daemon.started", logical_id=cfg.logical_id, port=cfg.port,
@@ -299,11 +304,13 @@ class Daemon:
                 and not self.sync_pending:
             self.sync_pending = True
             loop.call_soon(self._reconcile)
-        if self.timer is not None:
-            self.timer.cancel()
         when = node.next_deadline()
         if self.hold:
             when = min(when, self.hold_until)
+        if self.timer is not None:
+            if self.timer.when() == when:
+                return  # already armed for it: no new handle on the hot path
+            self.timer.cancel()
         self.timer = loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:

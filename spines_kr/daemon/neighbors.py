@@ -59,6 +59,7 @@ class Link:
     answered: int = 0
     srtt_ms: float | None = None
     rx_highest: int = -1
+    rx_first: int = 0  # first sequence number heard: nothing before it counts as lost
     rx_bits: int = 0  # bit i set: hello rx_highest - i arrived
     # flooding: LSAs sent on this link and not yet acknowledged, and those to send now
     pending: dict[int, LSA] = field(default_factory=dict)
@@ -82,7 +83,7 @@ class Link:
     def loss(self) -> float:
         if self.rx_highest < 0:
             return 0.0
-        expected = min(LOSS_WINDOW, self.rx_highest + 1)
+        expected = min(LOSS_WINDOW, self.rx_highest - self.rx_first + 1)
         got = bin(self.rx_bits & ((1 << expected) - 1)).count("1")
         return 1.0 - got / expected
 
@@ -92,11 +93,11 @@ class Link:
     def record_rx_seq(self, seq: int) -> None:
         if self.rx_highest < 0 or seq > self.rx_highest + LOSS_WINDOW or seq < self.rx_highest - 1000:
             # first hello, a long gap, or the neighbor restarted its counter
-            self.rx_highest, self.rx_bits = seq, 1
+            self.rx_highest, self.rx_first, self.rx_bits = seq, seq, 1
         elif seq > self.rx_highest:
             self.rx_bits = ((self.rx_bits << (seq - self.rx_highest)) | 1) & ((1 << LOSS_WINDOW) - 1)
             self.rx_highest = seq
-        elif self.rx_highest - seq < LOSS_WINDOW:
+        elif self.rx_highest - seq < LOSS_WINDOW and seq >= self.rx_first:
             self.rx_bits |= 1 << (self.rx_highest - seq)
 
     def rtt_sample(self, rtt_ms: float) -> None:

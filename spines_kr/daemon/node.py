@@ -84,6 +84,7 @@ class Node:
         self._reachable: set[int] = set()
         self._next_expire = now + EXPIRE_EVERY
         self._next_refresh = now + params.lsa_refresh
+        self._hello_round = now  # hellos of all links go out together: one wakeup per round
         self._metric_code = wire.METRIC_CODES[params.metric]
         self._mismatch_logged: set[tuple[int, str]] = set()
         self._originate(now, force=True)
@@ -314,6 +315,9 @@ class Node:
     # --- timers ---------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
+        if now >= self._hello_round:
+            # jitter (-15 %..0) so that hellos of many nodes do not synchronise
+            self._hello_round = now + self.p.hello_interval * self.rng.uniform(0.85, 1.0)
         for link in list(self.links.values()):
             if not self._usable(link):
                 continue
@@ -345,8 +349,7 @@ class Node:
             metric=self._metric_code,
             state=(wire.HELLO_HEARD if heard else 0) | (wire.HELLO_UP if link.up else 0))
         self._send(link, wire.encode(h, instance=self.p.instance, sender=self.id))
-        # jitter (-15 %..0) so that hellos of many links and nodes do not synchronise
-        link.next_hello = now + self.p.hello_interval * self.rng.uniform(0.85, 1.0)
+        link.next_hello = self._hello_round
 
     def _flush(self, now: float) -> None:
         for link in self.links.values():

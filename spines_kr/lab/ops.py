@@ -80,8 +80,8 @@ def wait(cond, timeout: float, interval: float = 0.02) -> float | None:
         time.sleep(interval)
 
 
-def wait_converged(st: dict, timeout: float = 10.0) -> float | None:
-    return wait(lambda: converged(st), timeout)
+def wait_converged(st: dict, timeout: float = 10.0, interval: float = 0.02) -> float | None:
+    return wait(lambda: converged(st), timeout, interval)
 
 
 def path(st: dict, src: str, dst: str) -> list[str]:

@@ -120,3 +120,14 @@ def test_twelve_node_grid_agrees_with_oracle():
     for b in range(2, 13):
         want = {p[1] for p in nx.all_shortest_paths(g, 1, b)}
         assert sim.next_hop_node(1, b) == {min(want)}
+
+
+def test_loss_counts_only_what_was_expected():
+    from spines_kr.daemon.neighbors import Link
+    link = Link(1, "x", "a", "b")
+    for seq in range(40, 50):  # heard from the middle of the neighbor's life
+        link.record_rx_seq(seq)
+    assert link.loss == 0.0
+    for seq in range(52, 60):  # 50 and 51 lost
+        link.record_rx_seq(seq)
+    assert link.loss == pytest.approx(2 / 20)
