@@ -63,6 +63,10 @@ def _daemon_parser(sub) -> None:
     p.add_argument("-lf", "--log-file", help="append logs to FILE")
     p.add_argument("-ud", "--ipc-path", help="client IPC path (default /tmp/spines<port>)")
     p.add_argument("-c", "--config", help="TOML configuration file (flags win over it)")
+    p.add_argument("--prefix", action="append", dest="prefixes",
+                   help="announce this prefix (behind this node) to the overlay (repeatable)")
+    p.add_argument("--multipath", action="store_const", const=True,
+                   help="install multipath routes where next hops tie")
     p.add_argument("--control-socket", help="management socket path")
     p.add_argument("--table", type=int, help="kernel route table (default 254, main)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
@@ -84,7 +88,7 @@ def cmd_daemon(args) -> int:
         flags = {k: getattr(args, k) for k in (
             "port", "logical_id", "local_addresses", "neighbors", "metric", "kernel_levels",
             "accept_link_commands", "exit_after", "unicast_only", "log_file", "ipc_path",
-            "control_socket", "table", "log_level", "log_format")}
+            "control_socket", "table", "log_level", "log_format", "prefixes", "multipath")}
         cfg = config.build(file_values, flags)
     except config.ConfigError as e:
         raise UsageError(f"daemon: {e}") from None

@@ -19,6 +19,8 @@ Spines' daemon flags and their keys here (Spines 5.x meaning):
     -lf file           log_file
     -ud path           ipc_path         client IPC path (data channel: path + "data")
     -c file            (the TOML file itself)
+Ours: prefixes (announced behind this node), multipath (+ multipath_tolerance for measured
+metrics), table/route_protocol/route_priority (our kernel slot), timers.
 Flags of Spines not implemented yet (-d, -W, -rl, -tf, -sf, -pc) are refused by the CLI with a
 message saying so.
 """
@@ -30,7 +32,7 @@ import tomllib
 from dataclasses import dataclass, fields
 
 from spines_kr import RTPROT_SPINES
-from spines_kr.routing.metrics import ALL_METRICS, METRICS
+from spines_kr.routing.metrics import ALL_METRICS
 
 KERNEL_LEVELS_IMPLEMENTED = {0}
 
@@ -63,6 +65,8 @@ class Config:
     route_priority: int = 20
     prefsrc: bool = True
     multipath: bool = False
+    multipath_tolerance: float = 0.1
+    prefixes: tuple[str, ...] = ()
     reconcile_interval_s: float = 30.0
     startup_grace_s: float = 5.0
     # timers (Spines: 100 ms hellos, dead after 10)
@@ -156,10 +160,17 @@ def build(file_values: dict | None = None, flag_values: dict | None = None) -> C
     metric = v.get("metric", "distance")
     if metric not in ALL_METRICS:
         raise ConfigError(f"metric: '{metric}' is not one of {', '.join(ALL_METRICS)}")
-    if metric not in METRICS:
-        raise ConfigError(f"metric: '{metric}' is not implemented yet (available: "
-                          f"{', '.join(METRICS)})")
     out["metric"] = metric
+    prefixes = []
+    for p in _list("prefixes", v.get("prefixes", [])):
+        try:
+            prefixes.append(str(ipaddress.IPv4Network(p)))
+        except (ValueError, TypeError):
+            raise ConfigError(f"prefixes: '{p}' is not an IPv4 network (address/length with no "
+                              f"host bits set)") from None
+    out["prefixes"] = tuple(dict.fromkeys(prefixes))
+    if "multipath_tolerance" in v:
+        out["multipath_tolerance"] = _num("multipath_tolerance", v["multipath_tolerance"], 0, 1)
     levels = tuple(sorted({_int("kernel_levels", x, 0, 3)
                            for x in _list("kernel_levels", v.get("kernel_levels", []))}))
     missing = [x for x in levels if x not in KERNEL_LEVELS_IMPLEMENTED]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from spines_kr.routing.metrics import LinkMeasure
+from spines_kr.routing.metrics import CostTracker, LinkMeasure
 from spines_kr.wire.packets import LSA
 
 LOSS_WINDOW = 64
@@ -66,6 +66,7 @@ class Link:
     fresh: set[int] = field(default_factory=set)
     next_rxmt: float = 0.0
     flaps: int = 0
+    cost: CostTracker | None = None  # the advertised cost while UP
 
     @property
     def key(self) -> tuple[int, str]:
@@ -111,6 +112,7 @@ class Link:
         self.answered = 0
         self.peer_tx_us = 0
         self.last_echo_us = 0
+        self.cost = None
         self.pending.clear()
         self.fresh.clear()
 
@@ -123,6 +125,8 @@ class Link:
             "since_s": round(now - self.since, 3),
             "rtt_ms": None if self.srtt_ms is None else round(self.srtt_ms, 3),
             "loss": round(self.loss, 4), "flaps": self.flaps, "unacked_lsas": len(self.pending),
+            "cost": None if self.cost is None else self.cost.advertised & 0x7FFFFFFF,
+            "problematic": bool(self.cost and self.cost.problematic),
         }
 
 

@@ -23,6 +23,7 @@ jumps its sequence past it and re-originates.  LSAs are only accepted from UP li
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 from collections import Counter
@@ -30,9 +31,9 @@ from dataclasses import dataclass
 
 from spines_kr.daemon.neighbors import Link, State
 from spines_kr.routing import lsdb as lsdbmod
-from spines_kr.routing.metrics import link_cost
+from spines_kr.routing.metrics import MEASURED, CostTracker, graph_cost
 from spines_kr.routing.model import NextHop, RouteSet
-from spines_kr.routing.routes import node_routes
+from spines_kr.routing.routes import node_routes, prefix_routes
 from spines_kr.routing.spf import spf
 from spines_kr.wire import packets as wire
 
@@ -53,6 +54,8 @@ class Params:
     accept_unknown_neighbors: bool = True
     prefsrc: str | None = None
     multipath: bool = False
+    multipath_tolerance: float = 0.0  # measured metrics: next hops within this share of the best
+    prefixes: tuple[tuple[int, int, int], ...] = ()  # (network, prefixlen, metric) we announce
 
     @classmethod
     def from_config(cls, cfg, prefsrc: str | None = None) -> Params:
@@ -62,7 +65,11 @@ class Params:
                    retransmit=cfg.retransmit_ms / 1000, lsa_refresh=cfg.lsa_refresh_s,
                    lsa_max_age=cfg.lsa_max_age_s,
                    accept_unknown_neighbors=cfg.accept_unknown_neighbors, prefsrc=prefsrc,
-                   multipath=cfg.multipath)
+                   multipath=cfg.multipath,
+                   multipath_tolerance=cfg.multipath_tolerance if cfg.metric in MEASURED else 0.0,
+                   prefixes=tuple(sorted(
+                       (int(n.network_address), n.prefixlen, 0)
+                       for n in map(ipaddress.IPv4Network, cfg.prefixes))))
 
 
 class Node:
@@ -142,6 +149,8 @@ class Node:
     def _up(self, link: Link, now: float) -> None:
         link.state = State.UP
         link.since = now
+        link.cost = CostTracker(self.p.metric)
+        link.cost.update(link.measure(), now)
         self.events.append(("neighbor.up", {"link": _name(link), "neighbor": _ip(link.peer_id),
                                             "rtt_ms": None if link.srtt_ms is None
                                             else round(link.srtt_ms, 3)}))
@@ -161,16 +170,19 @@ class Node:
     def _own_links(self) -> list[tuple[int, int]]:
         best: dict[int, int] = {}
         for link in self.links.values():
-            if link.up and link.peer_id is not None:
-                cost = link_cost(self.p.metric, link.measure())
-                best[link.peer_id] = min(cost, best.get(link.peer_id, cost))
+            if link.up and link.peer_id is not None and link.cost.advertised is not None:
+                cost = link.cost.advertised
+                old = best.get(link.peer_id)
+                if old is None or graph_cost(cost) < graph_cost(old):
+                    best[link.peer_id] = cost
         return list(best.items())
 
     def _originate(self, now: float, force: bool = False, links=None) -> None:
         links = self._own_links() if links is None else links
         own = self.lsdb.lsas.get(self.id)
-        candidate = wire.LSA.make(self.id, self.seq + 1, links)
-        if not force and own is not None and own.links == candidate.links:
+        candidate = wire.LSA.make(self.id, self.seq + 1, links, self.p.prefixes)
+        if not force and own is not None and (own.links, own.prefixes) == (candidate.links,
+                                                                           candidate.prefixes):
             return
         self.seq += 1
         self.lsdb.install(candidate, now)
@@ -180,6 +192,7 @@ class Node:
 
     def withdraw(self, now: float) -> None:
         """Clean exit: tell the overlay we have no links, so it reroutes without waiting."""
+        self.p = dataclasses.replace(self.p, prefixes=())
         self._originate(now, force=True, links=[])
         self._flush(now)
 
@@ -287,7 +300,7 @@ class Node:
                 self.lsdb.install(lsa, now)
                 self._implicit_ack(link, lsa)
                 self._flood(lsa, exclude=link)
-                if before is None or before.links != lsa.links:
+                if before is None or (before.links, before.prefixes) != (lsa.links, lsa.prefixes):
                     self.routes_version += 1
             elif order == lsdbmod.SAME:
                 self._implicit_ack(link, lsa)
@@ -329,6 +342,8 @@ class Node:
                 link.fresh.update(link.pending)
                 if link.up:
                     self.counters["lsa_retransmitted"] += len(link.pending)
+        if [l for l in self.links.values() if l.up and l.cost.update(l.measure(), now)]:
+            self._originate(now)  # a cost moved significantly
         if now >= self._next_refresh:
             self._originate(now, force=True)
         if now >= self._next_expire:
@@ -386,8 +401,14 @@ class Node:
         if self._routes_at != self.routes_version:
             result = self.spf()
             self._reachable = set(result)
-            self._routes = node_routes(result, self.nexthops_by_neighbor(),
-                                       prefsrc=self.p.prefsrc, multipath=self.p.multipath)
+            hops = self.nexthops_by_neighbor()
+            graph = self.lsdb.graph()
+            routes = node_routes(result, hops, prefsrc=self.p.prefsrc, multipath=self.p.multipath,
+                                 graph=graph, self_id=self.id,
+                                 tolerance=self.p.multipath_tolerance)
+            for dst, route in prefix_routes(self.lsdb.lsas, self.id, routes, result).items():
+                routes.setdefault(dst, route)
+            self._routes = routes
             self._routes_at = self.routes_version
         return self._routes
 
@@ -395,7 +416,7 @@ class Node:
         out: dict[int, list[tuple[int, NextHop]]] = {}
         for link in self.links.values():
             if link.up and link.peer_id is not None and self._usable(link):
-                cost = link_cost(self.p.metric, link.measure())
+                cost = graph_cost(link.cost.advertised or 0)
                 out.setdefault(link.peer_id, []).append((cost, NextHop(link.peer_addr, link.ifindex)))
         return {n: [nh for _, nh in sorted(hops)] for n, hops in out.items()}
 

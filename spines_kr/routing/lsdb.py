@@ -9,8 +9,8 @@ same one after an origin restarted and reused a number.  An origin that finds a 
 its own LSA in the overlay jumps its sequence past it (see daemon.flooding).
 
 The graph uses only links both ends advertise (two-way check), taking the cheaper advertised
-cost of a pair per direction, so a half-dead link or a stale LSA of a dead node carries no
-traffic.
+cost of a pair per direction, as ``metrics.graph_cost`` reads it (a problematic link is
+penalised), so a half-dead link or a stale LSA of a dead node carries no traffic.
 
 Ageing: an LSA not refreshed within ``max_age`` is dropped; an origin that has been unreachable
 for ``unreachable_gc`` is dropped sooner (its neighbors have already withdrawn it; keeping it
@@ -19,6 +19,7 @@ only wastes memory and full-sync traffic).
 
 from __future__ import annotations
 
+from spines_kr.routing.metrics import graph_cost
 from spines_kr.wire.packets import LSA
 
 NEWER, SAME, OLDER = 1, 0, -1
@@ -74,6 +75,7 @@ class LSDB:
             for o, lsa in self.lsas.items():
                 adj = said[o]
                 for n, c in lsa.links:
+                    c = graph_cost(c)
                     if n != o and c < adj.get(n, 1 << 62):
                         adj[n] = c
             self._graph = {o: {n: c for n, c in adj.items() if o in said.get(n, ())}

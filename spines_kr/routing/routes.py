@@ -1,11 +1,20 @@
-"""From shortest paths to the kernel route set a node wants (kernel level 0).
+"""From shortest paths to the kernel route set a node wants.
 
 Data model: ``spf_result`` (see ``spf``), ``nexthops_by_neighbor`` maps a neighbor node id to the
-``NextHop`` values of its usable links (the daemon fills it from links that are up), and the
-node's own id.  The output is a ``RouteSet``: a /32 to every reachable node's logical ID.
+``NextHop`` values of its usable links, best first (the daemon fills it from links that are up),
+and the LSDB's LSAs for advertised prefixes.  Outputs are ``RouteSet`` values:
 
-Choice among equal-cost first hops: with ``multipath`` all of them (one multipath route);
-otherwise the one of lowest neighbor id, so that every run and every restart chooses the same.
+    node_routes    a /32 to every reachable node's logical ID (kernel level 0)
+    prefix_routes  a route to every prefix another node advertises, towards the nearest
+                   advertiser (ties: the lowest id)
+
+Choice among next hops: with ``multipath`` every first hop of an equal-cost shortest path (one
+multipath route, equal weights); with a ``tolerance`` > 0 (measured metrics, where exact ties
+are rare) also every neighbor n that is strictly closer to the destination than we are
+(dist(n, d) < dist(self, d): loop-free, as an IP fast-reroute loop-free alternate) and whose
+path is within the tolerance: cost(self, n) + dist(n, d) <= (1 + tolerance) * dist(self, d).
+That needs one SPF from each neighbor, run only when the tolerance is on.  Without multipath,
+the first hop of lowest neighbor id, so every run and every restart chooses the same.
 """
 
 from __future__ import annotations
@@ -14,23 +23,81 @@ import ipaddress
 from collections.abc import Mapping
 
 from spines_kr.routing.model import NextHop, Route, RouteSet
-from spines_kr.routing.spf import SpfResult
+from spines_kr.routing.spf import SpfResult, spf
 
 
 def ip(n: int) -> str:
     return str(ipaddress.IPv4Address(n))
 
 
+def _within_tolerance(graph, self_id: int, neighbors, tolerance: float, spf_result: SpfResult):
+    """dst -> set of neighbors that are loop-free and within tolerance of the best cost."""
+    dists = {n: spf(graph, n) for n in neighbors if n in graph}
+    extra: dict[int, set[int]] = {}
+    own = graph.get(self_id, {})
+    for dst, (best, _hops) in spf_result.items():
+        for n, dn in dists.items():
+            if n not in own:
+                continue
+            via = 0 if n == dst else dn.get(dst, (None,))[0]
+            if via is None or via >= best:
+                continue  # not strictly closer to dst than we are: could loop back
+            if own[n] + via <= best * (1 + tolerance):
+                extra.setdefault(dst, set()).add(n)
+    return extra
+
+
 def node_routes(spf_result: SpfResult, nexthops_by_neighbor: Mapping[int, list[NextHop]], *,
-                prefsrc: str | None = None, multipath: bool = False) -> RouteSet:
+                prefsrc: str | None = None, multipath: bool = False, graph=None,
+                self_id: int | None = None, tolerance: float = 0.0) -> RouteSet:
+    extra = {}
+    if multipath and tolerance > 0 and graph is not None:
+        extra = _within_tolerance(graph, self_id, nexthops_by_neighbor, tolerance, spf_result)
     routes: RouteSet = {}
     for node, (_cost, first_hops) in spf_result.items():
-        usable = sorted(h for h in first_hops if nexthops_by_neighbor.get(h))
-        if not usable:
+        hops = _hops(first_hops | extra.get(node, set()), nexthops_by_neighbor, multipath)
+        if hops:
+            dst = f"{ip(node)}/32"
+            routes[dst] = Route(dst, hops, prefsrc)
+    return routes
+
+
+def _hops(first_hops, nexthops_by_neighbor, multipath: bool) -> tuple[NextHop, ...]:
+    usable = sorted(h for h in first_hops if nexthops_by_neighbor.get(h))
+    if not usable:
+        return ()
+    if not multipath:
+        return (nexthops_by_neighbor[usable[0]][0],)
+    return tuple(nh for h in usable for nh in nexthops_by_neighbor[h])
+
+
+def prefix_routes(lsas: Mapping, self_id: int, node_routes_: RouteSet,
+                  spf_result: SpfResult | None = None) -> RouteSet:
+    """Routes to the prefixes other nodes advertise, through the routes to those nodes.
+
+    The nearest advertiser wins (route cost to it plus the prefix's metric; at equal cost the
+    lowest advertiser id, the same choice on every node).  A prefix we advertise ourselves gets
+    no route.
+    """
+    own = {(net, plen) for net, plen, _m in lsas[self_id].prefixes} if self_id in lsas else set()
+    best: dict[tuple[int, int], tuple[int, int]] = {}  # prefix -> (cost, origin)
+    for origin, lsa in lsas.items():
+        if origin == self_id or not lsa.prefixes:
             continue
-        chosen = usable if multipath else usable[:1]
-        hops = [nh for h in chosen for nh in (nexthops_by_neighbor[h] if multipath
-                                              else nexthops_by_neighbor[h][:1])]
-        dst = f"{ip(node)}/32"
-        routes[dst] = Route(dst, tuple(hops), prefsrc)
+        to_origin = node_routes_.get(f"{ip(origin)}/32")
+        if to_origin is None:
+            continue
+        cost = spf_result[origin][0] if spf_result and origin in spf_result else 0
+        for net, plen, metric in lsa.prefixes:
+            key = (net, plen)
+            if key in own:
+                continue
+            cand = (cost + metric, origin)
+            if key not in best or cand < best[key]:
+                best[key] = cand
+    routes: RouteSet = {}
+    for (net, plen), (_cost, origin) in best.items():
+        to_origin = node_routes_[f"{ip(origin)}/32"]
+        dst = f"{ip(net)}/{plen}"
+        routes[dst] = Route(dst, to_origin.nexthops, to_origin.prefsrc)
     return routes

@@ -28,6 +28,8 @@ class Sim:
                               rng=random.Random(seed + i)) for i in self.ids}
         self.wires = {}  # (node, ifindex) -> (peer node, peer ifindex)
         self.cut: set[frozenset] = set()
+        self.wire_delay: dict[frozenset, float] = {}  # per wire, both directions
+        self.wire_loss: dict[frozenset, float] = {}
         self.queue = []
         self._seq = itertools.count()
         self.addr = {}
@@ -43,6 +45,13 @@ class Sim:
 
     def wire_of(self, a, b):
         return frozenset(((a, self.addr[(a, b)][0]), (b, self.addr[(b, a)][0])))
+
+    def set_wire(self, a, b, *, delay=None, loss=None):
+        w = self.wire_of(a, b)
+        if delay is not None:
+            self.wire_delay[w] = delay
+        if loss is not None:
+            self.wire_loss[w] = loss
 
     def cut_link(self, a, b):
         self.cut.add(self.wire_of(a, b))
@@ -62,7 +71,11 @@ class Sim:
                 key = (i, link.ifindex)
                 if key in self.wires and not any(key in w for w in self.cut):
                     peer, pif, src = self.wires[key]
-                    heapq.heappush(self.queue, (self.now + self.delay, next(self._seq), peer, pif, src, pkt))
+                    w = frozenset((key, (peer, pif)))
+                    if self.rng.random() < self.wire_loss.get(w, 0.0):
+                        continue
+                    delay = self.wire_delay.get(w, self.delay)
+                    heapq.heappush(self.queue, (self.now + delay, next(self._seq), peer, pif, src, pkt))
             node.outbox.clear()
             node.events.clear()
 

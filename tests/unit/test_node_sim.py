@@ -1,5 +1,7 @@
 """The protocol engine in simulated time: convergence, failures, restarts, strict input."""
 
+import random
+
 import pytest
 
 from spines_kr.daemon.node import Node, Params
@@ -59,14 +61,14 @@ def test_node_restart_converges_and_beats_its_old_lsa(ring):
     old_seq = old.seq
     params = old.p
     # A fresh process: sequence restarts low, the overlay still holds the old, higher one.
-    ring.nodes[3] = Node(params, ring.now, initial_seq=1)
+    ring.nodes[3] = Node(params, ring.now, initial_seq=1, rng=random.Random(3))
     for (a, b), (ifx, peer) in ring.addr.items():
         if a == 3:
             ring.nodes[3].add_link(ifx, "", ring.wires[(3, ifx)][2], peer, ring.now)
-    assert ring.run_until(lambda: converged(ring), 3) is not None
+    agree = lambda: all(n.lsdb.lsas[ring.ids[3]] == ring.nodes[3].lsdb.lsas[ring.ids[3]]
+                        for n in ring.nodes.values())
+    assert ring.run_until(lambda: converged(ring) and agree(), 3) is not None
     assert ring.nodes[3].seq > old_seq
-    assert all(n.lsdb.lsas[ring.ids[3]] == ring.nodes[3].lsdb.lsas[ring.ids[3]]
-               for n in ring.nodes.values())
 
 
 def test_withdraw_reroutes_neighbors_at_once(ring):
@@ -93,11 +95,13 @@ def test_metric_mismatch_refuses_adjacency():
 
 def test_ecmp_square_with_multipath():
     sim = Sim(4, [(1, 2), (2, 4), (1, 3), (3, 4)], multipath=True)
-    assert sim.run_until(lambda: converged(sim), 2) is not None
-    assert sim.next_hop_node(1, 4) == {2, 3}
+    assert sim.run_until(lambda: sim.next_hop_node(1, 4) == {2, 3}, 2) is not None
     single = Sim(4, [(1, 2), (2, 4), (1, 3), (3, 4)])
-    single.run_until(lambda: converged(single), 2)
-    assert single.next_hop_node(1, 4) == {2}  # lowest neighbor id, every time
+    # all four links up, both paths known: still one next hop, the lowest neighbor id
+    assert single.run_until(lambda: all(sum(l.up for l in n.links.values()) == 2
+                                        for n in single.nodes.values()), 2) is not None
+    single.run(0.1)
+    assert single.next_hop_node(1, 4) == {2}
 
 
 def test_garbage_is_counted_not_raised(ring):

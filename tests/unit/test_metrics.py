@@ -1,0 +1,107 @@
+"""Spines' link metrics, their hysteresis, and route choice under each metric (simulated time)."""
+
+import math
+
+import pytest
+
+from spines_kr.routing import metrics as m
+from spines_kr.routing.metrics import CostTracker, LinkMeasure
+from tests.unit.sim import Sim
+
+
+@pytest.mark.parametrize("rtt, want", [(0.1, 5), (2, 5), (10, 9), (80, 44), (1000, 300)])
+def test_latency(rtt, want):
+    assert m.latency(LinkMeasure(rtt)) == want
+
+
+@pytest.mark.parametrize("p, want", [(0, 1), (0.1, round(-math.log(0.9) * 1e4) + 1), (1, 30000),
+                                     (0.99999, 30000)])
+def test_loss(p, want):
+    assert m.loss(LinkMeasure(1, p)) == want
+
+
+def test_explat():
+    assert m.explat(LinkMeasure(0.2, 0)) == 2  # floor
+    assert m.explat(LinkMeasure(40, 0)) == 20
+    d, p = 20, 0.1
+    want = (1 - p) * d + (p - 2 * p * p + p ** 3) * (3 * d + 10) + (2 * p * p - p ** 3) * 600
+    assert m.explat(LinkMeasure(40, 0.1)) == round(want)
+    assert m.explat(LinkMeasure(2000, 0.9)) == 600  # cap
+
+
+def test_small_changes_are_not_readvertised():
+    t = CostTracker("latency")
+    assert t.update(LinkMeasure(40), 0) and t.advertised == 24
+    assert not t.update(LinkMeasure(44), 1)  # 26 is within 10 % of 24
+    assert t.update(LinkMeasure(50), 2) and t.advertised == 29
+
+
+def test_problem_flag_and_hold_down():
+    t = CostTracker("problem")
+    assert t.update(LinkMeasure(20, 0), 0) and not t.problematic  # base 10 ms
+    assert t.update(LinkMeasure(20, 0.05), 1) and t.problematic  # loss > 2 %: at once
+    assert t.advertised & m.PROBLEM_FLAG
+    assert m.graph_cost(t.advertised) > m.EXPLAT_CAP
+    assert not t.update(LinkMeasure(20, 0.01), 2) and t.problematic  # not below 0.5 % yet
+    assert not t.update(LinkMeasure(20, 0.0), 10)  # better, but within 30 s of the report
+    assert t.update(LinkMeasure(20, 0.0), 31.5) and not t.problematic
+
+
+def test_problem_by_latency_against_base():
+    t = CostTracker("problem")
+    t.update(LinkMeasure(20), 0)  # base one-way 10 ms
+    assert not t.update(LinkMeasure(28), 1) or not t.problematic  # 14 ms: < base + 5
+    assert t.update(LinkMeasure(40), 2) and t.problematic  # 20 ms > 1.25 x 10 and >= +5
+
+
+# --- route choice in simulated time -----------------------------------------------------------
+# A 2-hop path 1-2-5 with 40 ms per link, a 3-hop path 1-3-4-5 with 2 ms per link.
+EDGES = [(1, 2), (2, 5), (1, 3), (3, 4), (4, 5)]
+
+
+def slow_fast(metric, **kw):
+    sim = Sim(5, EDGES, metric=metric, **kw)
+    for a, b in ((1, 2), (2, 5)):
+        sim.set_wire(a, b, delay=0.040)
+    for a, b in ((1, 3), (3, 4), (4, 5)):
+        sim.set_wire(a, b, delay=0.002)
+    return sim
+
+
+def test_distance_takes_the_two_hop_path():
+    sim = slow_fast("distance", dead_interval=1.0)
+    assert sim.run_until(lambda: sim.next_hop_node(1, 5) == {2}, 5) is not None
+
+
+def test_latency_takes_the_three_hop_path_and_moves_when_it_slows():
+    sim = slow_fast("latency", dead_interval=1.0)
+    assert sim.run_until(lambda: sim.next_hop_node(1, 5) == {3}, 5) is not None
+    sim.run(2)
+    assert sim.next_hop_node(1, 5) == {3}
+    sim.set_wire(3, 4, delay=0.200)  # the fast path gets slow
+    assert sim.run_until(lambda: sim.next_hop_node(1, 5) == {2}, 5) is not None
+
+
+def test_loss_metric_avoids_the_lossy_two_hop_path():
+    sim = Sim(5, EDGES, metric="loss")
+    sim.set_wire(1, 2, loss=0.10)
+    sim.run(6)  # a loss window's worth of hellos
+    assert sim.run_until(lambda: sim.next_hop_node(1, 5) == {3}, 5) is not None
+
+
+def test_metric_costs_flood_only_on_significant_change():
+    sim = slow_fast("latency", dead_interval=1.0)
+    sim.run(3)
+    seq = sim.nodes[1].seq
+    sim.run(10)  # steady links: nothing to re-advertise
+    assert sim.nodes[1].seq == seq
+
+
+def test_multipath_tolerance_uses_a_nearly_equal_path():
+    sim = Sim(4, [(1, 2), (2, 4), (1, 3), (3, 4)], metric="latency", multipath=True,
+              multipath_tolerance=0.2, dead_interval=1.0)
+    sim.set_wire(1, 2, delay=0.010)
+    sim.set_wire(2, 4, delay=0.010)
+    sim.set_wire(1, 3, delay=0.011)
+    sim.set_wire(3, 4, delay=0.011)
+    assert sim.run_until(lambda: sim.next_hop_node(1, 4) == {2, 3}, 5) is not None
