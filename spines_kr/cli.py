@@ -167,12 +167,48 @@ def render(what: str, data) -> str:
     return json.dumps(data, indent=2)
 
 
+def _setlink_parser(sub) -> None:
+    p = sub.add_parser("setlink", help="emulate a link's bandwidth, latency, loss and burst",
+                       description="Set the emulated characteristics of the link from SOURCE to "
+                                   "DEST (Spines' setlink; the daemon at SOURCE must run with -m). "
+                                   "Zeros clear the emulation.")
+    p.add_argument("bandwidth", type=float, help="kbit/s (0: unlimited)")
+    p.add_argument("latency", type=float, help="ms added")
+    p.add_argument("loss", type=float, help="loss rate, percent")
+    p.add_argument("burst", type=float, help="probability, percent, that a loss follows a loss")
+    p.add_argument("source", help="this node's logical ID or link address")
+    p.add_argument("dest", help="the neighbor's logical ID or link address")
+    p.add_argument("port", nargs="?", type=int, help="overlay port of the daemon (default 8100)")
+    p.add_argument("--socket", help="control socket of the daemon")
+    p.set_defaults(func=cmd_setlink)
+
+
+def cmd_setlink(args) -> int:
+    from spines_kr.daemon.control import request
+
+    path = control_path(args)
+    req = {"cmd": "setlink", "bandwidth_kbps": args.bandwidth, "latency_ms": args.latency,
+           "loss_pct": args.loss, "burst_pct": args.burst, "source": args.source, "dest": args.dest}
+    try:
+        reply = request(path, req)
+    except OSError as e:
+        print(f"spines-kr: error: no daemon at {path}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"spines-kr: error: {reply.get('error')}", file=sys.stderr)
+        return 1
+    for item in reply["data"]["links"]:
+        print(f"{item['link']}: daemon traffic {item['daemon']}; kernel traffic: {item['kernel']}")
+    return 0
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="spines-kr", description="Kernel-routing overlay manager.")
     parser.add_argument("--version", action="version", version=f"spines-kr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _daemon_parser(sub)
     _show_parser(sub)
+    _setlink_parser(sub)
     from spines_kr.lab.cli import add_lab_parser
 
     add_lab_parser(sub)

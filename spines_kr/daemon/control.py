@@ -82,7 +82,12 @@ def answer(daemon, line: bytes) -> dict:
         if what not in SHOW:
             return {"ok": False, "error": f"show: unknown view {what!r} (one of {', '.join(SHOW)})"}
         return {"ok": True, "data": VIEWS[what](daemon)}
-    if cmd in ("setlink", "join", "leave"):
+    if cmd == "setlink":
+        try:
+            return {"ok": True, "data": daemon.setlink(req)}
+        except ValueError as e:
+            return {"ok": False, "error": str(e)}
+    if cmd in ("join", "leave"):
         return {"ok": False, "error": f"{cmd}: not implemented yet"}
     return {"ok": False, "error": f"unknown command {cmd!r}"}
 

@@ -40,6 +40,7 @@ import time
 
 from spines_kr.config import Config
 from spines_kr.daemon import control, logging as dlog
+from spines_kr.daemon.emulation import LinkEmulation
 from spines_kr.daemon.node import Node, Params
 from spines_kr.netlink import events as nlevents
 from spines_kr.netlink.kernel import RouteTable
@@ -79,7 +80,8 @@ class Daemon:
         self.sync_pending = False
         self.timer: asyncio.TimerHandle | None = None
         self.stats = {"reconciles": 0, "routes_added": 0, "routes_replaced": 0,
-                      "routes_deleted": 0, "route_errors": 0, "send_errors": 0}
+                      "routes_deleted": 0, "route_errors": 0, "send_errors": 0,
+                      "emulated_drops": 0}
         self.control_server = None
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -281,16 +283,31 @@ class Daemon:
         self._after_event()
 
     def _send_outbox(self) -> None:
+        loop = asyncio.get_running_loop()
         for link, pkt in self.node.outbox:
-            pktinfo = struct.pack("=i4s4s", link.ifindex, socket.inet_aton(link.local_addr),
-                                  b"\0\0\0\0")
-            try:
-                self.sock.sendmsg([pkt], [(socket.SOL_IP, IP_PKTINFO, pktinfo)],
-                                  0, (link.peer_addr, self.cfg.port))
-            except OSError as e:
-                self.stats["send_errors"] += 1
-                self.log.debug("udp.send_error", link=link.peer_addr, error=str(e))
+            emu = link.emulation
+            if emu is None:
+                self._send(link, pkt)
+                continue
+            now = loop.time()
+            when = emu.schedule(now, len(pkt))
+            if when is None:
+                self.stats["emulated_drops"] += 1
+            elif when <= now:
+                self._send(link, pkt)
+            else:
+                loop.call_at(when, self._send, link, pkt)
         self.node.outbox.clear()
+
+    def _send(self, link, pkt: bytes) -> None:
+        pktinfo = struct.pack("=i4s4s", link.ifindex, socket.inet_aton(link.local_addr),
+                              b"\0\0\0\0")
+        try:
+            self.sock.sendmsg([pkt], [(socket.SOL_IP, IP_PKTINFO, pktinfo)],
+                              0, (link.peer_addr, self.cfg.port))
+        except OSError as e:
+            self.stats["send_errors"] += 1
+            self.log.debug("udp.send_error", link=link.peer_addr, error=str(e))
 
     def _after_event(self) -> None:
         """Drain the engine's outputs, schedule a reconcile if routes moved, re-arm the timer."""
@@ -369,6 +386,53 @@ class Daemon:
         self._reconcile(full=True)
         loop.call_later(self.cfg.reconcile_interval_s, self._periodic_reconcile)
 
+    # --- setlink (control socket) ---------------------------------------------------------------
+
+    def setlink(self, req: dict) -> dict:
+        """Emulate bandwidth/latency/loss/burst on the link(s) from SOURCE (this node) to DEST.
+
+        Raises ValueError with a message for a person when the request cannot be applied.
+        """
+        if not self.cfg.accept_link_commands:
+            raise ValueError("setlink refused: this daemon was not started with -m "
+                             "(accept_link_commands)")
+        values = {}
+        for key, hi in (("bandwidth_kbps", 10 ** 9), ("latency_ms", 60_000), ("loss_pct", 100),
+                        ("burst_pct", 100)):
+            try:
+                values[key] = float(req[key])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"setlink: {key} must be a number") from None
+            if not 0 <= values[key] <= hi:
+                raise ValueError(f"setlink: {key} {values[key]:g} is out of range 0..{hi}")
+        source, dest = str(req.get("source", "")), str(req.get("dest", ""))
+        node = self.node
+        mine = {self.cfg.logical_id} | {l.local_addr for l in node.links.values()}
+        links = [l for l in node.links.values()
+                 if dest in (l.peer_addr, _ip_or_none(l.peer_id))]
+        if source not in mine:
+            if dest in mine:
+                raise ValueError(f"setlink: SOURCE {source} is not this node ({self.cfg.logical_id}); "
+                                 f"a link is set at its source: run setlink on {source}'s daemon")
+            raise ValueError(f"setlink: SOURCE {source} is not this node ({self.cfg.logical_id})")
+        links = [l for l in links if source in (self.cfg.logical_id, l.local_addr)]
+        if not links:
+            raise ValueError(f"setlink: no link from {source} to {dest} "
+                             f"(neighbors: {', '.join(sorted(l.peer_addr for l in node.links.values())) or 'none'})")
+        result = []
+        for link in links:
+            emu = LinkEmulation(**values)
+            link.emulation = emu if emu.active else None
+            kernel = self._kernel_emulation(link, values)
+            result.append({"link": f"{link.ifname}:{link.peer_addr}", "daemon": "applied" if emu.active
+                           else "cleared", "kernel": kernel})
+            self.log.info("link.emulation", link=link.peer_addr, ifname=link.ifname, **values,
+                          kernel=kernel)
+        return {"links": result}
+
+    def _kernel_emulation(self, link, values: dict):
+        return "not applied (no kernel emulation in this build)"
+
     # --- status (control socket) ----------------------------------------------------------------
 
     def status(self) -> dict:
@@ -390,6 +454,10 @@ class Daemon:
             "counters": {**dict(sorted(node.counters.items())), **self.stats},
             "lsa_seq": node.seq, "now": round(now, 3),
         }
+
+
+def _ip_or_none(n: int | None) -> str | None:
+    return None if n is None else str(ipaddress.IPv4Address(n))
 
 
 def run(cfg: Config) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from spines_kr.daemon.emulation import LinkEmulation
 from spines_kr.routing.metrics import CostTracker, LinkMeasure
 from spines_kr.wire.packets import LSA
 
@@ -67,6 +68,7 @@ class Link:
     next_rxmt: float = 0.0
     flaps: int = 0
     cost: CostTracker | None = None  # the advertised cost while UP
+    emulation: LinkEmulation | None = None  # setlink: kept across down/up
 
     @property
     def key(self) -> tuple[int, str]:
@@ -127,6 +129,7 @@ class Link:
             "loss": round(self.loss, 4), "flaps": self.flaps, "unacked_lsas": len(self.pending),
             "cost": None if self.cost is None else self.cost.advertised & 0x7FFFFFFF,
             "problematic": bool(self.cost and self.cost.problematic),
+            "emulation": None if self.emulation is None else self.emulation.to_json(),
         }
 
 
