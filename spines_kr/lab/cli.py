@@ -57,9 +57,8 @@ def cmd_up(args) -> int:
         return _error(f"--port: {args.port} is out of range 1..65535", EXIT_USAGE)
     topo = load(args.topology)
     st = netns.up(topo, args.name, port=args.port)
-    if topo.hosts:
-        print(f"note: {len(topo.hosts)} [[host]] entries are not built yet")
-    print(f"lab {st['name']} up: {len(st['nodes'])} nodes, {len(st['links'])} links, "
+    hosts = f", {len(st['hosts'])} hosts" if st["hosts"] else ""
+    print(f"lab {st['name']} up: {len(st['nodes'])} nodes, {len(st['links'])} links{hosts}, "
           f"state in {st['state_dir']}")
     _print_status(st)
     return EXIT_OK
@@ -85,15 +84,22 @@ def cmd_down(args) -> int:
 
 
 def _print_status(st: dict) -> None:
-    rows = [("NODE", "NETNS", "LOGICAL_ID", "PID", "ALIVE")]
+    rows = [("NODE", "NETNS", "LOGICAL_ID", "PID", "ALIVE", "PREFIXES")]
     rows += [(n["name"], n["netns"], n["logical_id"], str(n["pid"] or "-"),
-              "yes" if n["alive"] else "NO") for n in st["nodes"]]
+              "yes" if n["alive"] else "NO", ",".join(n.get("prefixes", [])) or "-")
+             for n in st["nodes"]]
     _table(rows)
     print()
     rows = [("A", "IFNAME", "ADDRESS", "B", "IFNAME", "ADDRESS")]
     rows += [(ln["a"], ln["a_ifname"], ln["a_address"], ln["b"], ln["b_ifname"], ln["b_address"])
              for ln in st["links"]]
     _table(rows)
+    if st["hosts"]:
+        print()
+        rows = [("HOST", "NETNS", "ADDRESS", "PREFIX", "ATTACH", "GATEWAY")]
+        rows += [(h["name"], h["netns"], h["address"], h["prefix"], h["attach"], h["gateway"])
+                 for h in st["hosts"]]
+        _table(rows)
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:
@@ -163,17 +169,17 @@ def add_lab_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, metavar="LAB")
     p.set_defaults(func=cmd_down)
 
-    p = sub.add_parser("status", help="nodes, daemons and links of a lab")
+    p = sub.add_parser("status", help="nodes, daemons, links and hosts of a lab")
     p.add_argument("--name", required=True, metavar="LAB")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("exec", help="run a command inside a node's namespace",
-                       description="Run COMMAND (default: $SHELL) in NODE's namespace with "
-                                   "SPINES_KR_SOCKET and SPINES_KR_PORT set. Options go before "
-                                   "NODE.")
+    p = sub.add_parser("exec", help="run a command inside a node's or host's namespace",
+                       description="Run COMMAND (default: $SHELL) in the namespace of NODE (with "
+                                   "SPINES_KR_SOCKET and SPINES_KR_PORT set) or of a host (a "
+                                   "host runs no daemon). Options go before NODE.")
     p.add_argument("--name", required=True, metavar="LAB")
-    p.add_argument("node", metavar="NODE")
+    p.add_argument("node", metavar="NODE|HOST")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     p.set_defaults(func=cmd_exec)
 

@@ -2,7 +2,7 @@
 
 Entry points:
     up(topology, lab, *, port=None, daemon=daemon_argv, timeout=15.0) -> status dict
-    status(lab) -> dict          down(lab) -> report dict          exec_argv(lab, node, cmd)
+    status(lab) -> dict          down(lab) -> report dict     exec_argv(lab, node_or_host, cmd)
     daemon_argv(**spec) -> argv  (the daemon command line; tests pass a stand-in with its signature)
 
 What a lab is made of:
@@ -10,8 +10,13 @@ What a lab is made of:
         rp_filter=0 (all and default, set before any link exists so every link inherits it);
     a veth pair per link, one end in each node's namespace (created there directly, so it never
         appears in the caller's namespace), named as in ``topology`` and addressed from its /30;
+    a node with hosts: a bridge ``lan0`` in its namespace carrying its LAN address (``Node.lan``);
+        per host a namespace ``<LAB>-<host>`` (lo up) and a veth pair, ``eth0`` there with the
+        host's address and a default route via the node, ``lan-<host>`` a port of the bridge.
+        Hosts run nothing: their traffic crosses the overlay on the nodes' kernel routes;
     one daemon per node, started through ``ip netns exec`` (which execs, so the pid we record is
-        the daemon's), in its own session, output appended to ``<node>.out``;
+        the daemon's), in its own session, output appended to ``<node>.out``; it is told the
+        node's link addresses (-I, never the LAN's), neighbours and advertised prefixes (--prefix);
     ``/etc/iproute2/rt_protos.d/spines.conf`` if it was missing (the "spines" protocol name).
 
 State: ``/run/spines-kr/lab/<LAB>/state.json`` is written before anything is created and rewritten
@@ -19,10 +24,13 @@ State: ``/run/spines-kr/lab/<LAB>/state.json`` is written before anything is cre
 
     {"version": 1, "name", "state_dir", "phase": planned|building|starting|up, "created",
      "port", "metric", "rt_protos": none|preexisting|installing|installed,
-     "netns": [names], "hosts": [],
-     "nodes": [{"name", "netns", "logical_id", "addresses", "neighbors", "argv", "log", "out",
+     "netns": [names: the nodes', then the hosts'],
+     "nodes": [{"name", "netns", "logical_id", "addresses", "neighbors", "prefixes",
+                "lan": null | {"ifname", "address": "10.210.0.1/24"}, "argv", "log", "out",
                 "ipc", "control_socket", "pid", "start_time"}],
-     "links": [{"a", "b", "a_ifname", "b_ifname", "a_address", "b_address"}]}
+     "links": [{"a", "b", "a_ifname", "b_ifname", "a_address", "b_address"}],
+     "hosts": [{"name", "netns", "attach", "address": "10.210.0.2", "prefix": "10.210.0.0/24",
+                "gateway", "ifname": "eth0", "node_ifname": "lan-<host>"}]}
 
 A process is ours only while /proc/<pid>/stat still shows the start time recorded at launch; it
 is signalled through a pidfd opened before that check, so a recycled pid is never hit.  ``down``
@@ -50,7 +58,7 @@ from pathlib import Path
 from typing import Callable
 
 import spines_kr
-from spines_kr.lab.topology import Topology
+from spines_kr.lab.topology import HOST_IFNAME, LAN_BRIDGE, Topology
 
 STATE_ROOT = Path("/run/spines-kr/lab")
 NETNS_DIR = Path("/run/netns")
@@ -74,13 +82,17 @@ class LabNotFound(LabError):
 
 
 def daemon_argv(*, port: int, logical_id: str, local_addresses: list[str], neighbors: list[str],
-                metric: str, log_file: str, ipc_path: str, control_socket: str) -> list[str]:
-    """The command line of one node's daemon (run inside its namespace)."""
+                metric: str, log_file: str, ipc_path: str, control_socket: str,
+                prefixes: list[str] = ()) -> list[str]:
+    """The command line of one node's daemon (run inside its namespace); ``prefixes`` are the
+    networks it advertises (``--prefix``, repeated; none when empty)."""
     argv = [sys.executable, "-m", "spines_kr", "daemon", "-p", str(port), "-l", logical_id]
     for a in local_addresses:
         argv += ["-I", a]
     for a in neighbors:
         argv += ["-a", a]
+    for p in prefixes:
+        argv += ["--prefix", p]
     return argv + ["-k", "0", "-m", "-w", metric, "-lf", log_file, "-ud", ipc_path,
                    "--control-socket", control_socket]
 
@@ -279,18 +291,27 @@ def plan(topology: Topology, lab: str, *, port: int | None = None,
                     local_addresses=[str(e[1].ip) for e in ends],
                     neighbors=[str(e[3].ip) for e in ends], metric=topology.metric,
                     log_file=files["log"], ipc_path=files["ipc"], control_socket=files["ctl"])
+        if n.advertised:  # only then, so a stand-in without the keyword still fits
+            spec["prefixes"] = [str(p) for p in n.advertised]
+        lan = {"ifname": LAN_BRIDGE, "address": str(n.lan)} if n.lan else None
         nodes.append({"name": n.name, "netns": f"{lab}-{n.name}", "logical_id": str(n.logical_id),
                       "addresses": spec["local_addresses"], "neighbors": spec["neighbors"],
+                      "prefixes": spec.get("prefixes", []), "lan": lan,
                       "argv": daemon(**spec), "log": files["log"], "out": files["out"],
                       "ipc": files["ipc"], "control_socket": files["ctl"],
                       "pid": None, "start_time": None})
     links = [{"a": ln.a, "b": ln.b, "a_ifname": ln.a_ifname, "b_ifname": ln.b_ifname,
               "a_address": str(ln.a_address), "b_address": str(ln.b_address)}
              for ln in topology.links]
+    hosts = [{"name": h.name, "netns": f"{lab}-{h.name}", "attach": h.attach,
+              "address": str(h.address.ip), "prefix": str(h.address.network),
+              "gateway": str(h.gateway), "ifname": HOST_IFNAME, "node_ifname": h.ifname}
+             for h in topology.hosts]
     return {"version": 1, "name": lab, "state_dir": str(sdir), "phase": "planned",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "port": port,
             "metric": topology.metric, "rt_protos": "none",
-            "netns": [n["netns"] for n in nodes], "nodes": nodes, "links": links, "hosts": []}
+            "netns": [m["netns"] for m in nodes + hosts], "nodes": nodes, "links": links,
+            "hosts": hosts}
 
 
 def up(topology: Topology, lab: str, *, port: int | None = None,
@@ -346,6 +367,25 @@ def _build(state: dict) -> None:
             ns, ifname = netns[ln[side]], ln[f"{side}_ifname"]
             _run(["ip", "-n", ns, "addr", "add", ln[f"{side}_address"], "dev", ifname])
             _run(["ip", "-n", ns, "link", "set", ifname, "up"])
+    for node in state["nodes"]:
+        if node.get("lan"):
+            ns, br = node["netns"], node["lan"]["ifname"]
+            _run(["ip", "-n", ns, "link", "add", br, "type", "bridge"])
+            _run(["ip", "-n", ns, "addr", "add", node["lan"]["address"], "dev", br])
+            _run(["ip", "-n", ns, "link", "set", br, "up"])
+    lans = {n["name"]: n["lan"]["ifname"] for n in state["nodes"] if n.get("lan")}
+    for host in state["hosts"]:
+        ns, node_ns = host["netns"], netns[host["attach"]]
+        plen = host["prefix"].split("/")[1]
+        _run(["ip", "netns", "add", ns])
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(["ip", "link", "add", host["ifname"], "netns", ns, "type", "veth",
+              "peer", "name", host["node_ifname"], "netns", node_ns])
+        _run(["ip", "-n", node_ns, "link", "set", host["node_ifname"], "master",
+              lans[host["attach"]], "up"])
+        _run(["ip", "-n", ns, "addr", "add", f"{host['address']}/{plen}", "dev", host["ifname"]])
+        _run(["ip", "-n", ns, "link", "set", host["ifname"], "up"])
+        _run(["ip", "-n", ns, "route", "add", "default", "via", host["gateway"]])
 
 
 def child_env() -> dict:
@@ -429,34 +469,56 @@ def _log_excerpt(node: dict) -> str:
 # -- status, exec, down ------------------------------------------------------------------------
 
 def status(lab: str) -> dict:
-    """What the lab is and whether each daemon still runs (``LabNotFound`` if there is none)."""
+    """What the lab is and whether each daemon still runs (``LabNotFound`` if there is none)::
+
+        {"name", "state_dir", "phase", "port", "metric",
+         "nodes": [{"name", "netns", "logical_id", "prefixes" (advertised), "lan" (null or
+                    "10.210.0.1/24"), "pid", "alive", "log", "control_socket"}],
+         "links": [{"a", "b", "a_ifname", "b_ifname", "a_address", "b_address"}],
+         "hosts": [{"name", "netns", "address" ("10.210.0.2"), "prefix" ("10.210.0.0/24"),
+                    "gateway", "attach"}]}
+    """
     state = _load(lab)
     nodes = [{"name": n["name"], "netns": n["netns"], "logical_id": n["logical_id"],
+              "prefixes": n.get("prefixes", []),
+              "lan": n["lan"]["address"] if n.get("lan") else None,
               "pid": n["pid"], "alive": _alive(n["pid"], n["start_time"]), "log": n["log"],
               "control_socket": n["control_socket"]} for n in state["nodes"]]
+    hosts = [{"name": h["name"], "netns": h["netns"], "address": h["address"],
+              "prefix": h["prefix"], "gateway": h["gateway"], "attach": h["attach"]}
+             for h in state["hosts"]]
     return {"name": state["name"], "state_dir": state["state_dir"], "phase": state["phase"],
             "port": state["port"], "metric": state["metric"], "nodes": nodes,
-            "links": state["links"], "hosts": state["hosts"]}
+            "links": state["links"], "hosts": hosts}
 
 
-def exec_argv(lab: str, node: str, command: list[str]) -> tuple[list[str], dict]:
-    """argv and environment that run ``command`` (default: $SHELL) inside ``node``'s namespace,
-    with SPINES_KR_SOCKET (its daemon's control socket) and SPINES_KR_PORT set."""
+def exec_argv(lab: str, member: str, command: list[str]) -> tuple[list[str], dict]:
+    """argv and environment that run ``command`` (default: $SHELL) inside the namespace of
+    ``member``, a node or a host.  For a node SPINES_KR_SOCKET (its daemon's control socket) and
+    SPINES_KR_PORT are set; a host runs no daemon, so both are removed from its environment."""
     state = _load(lab)
-    found = [n for n in state["nodes"] if n["name"] == node]
-    if not found:
-        raise LabError(f"lab {lab!r} has no node {node!r} "
-                       f"(nodes: {', '.join(n['name'] for n in state['nodes'])})")
-    n = found[0]
-    if not _netns_exists(n["netns"]):
-        raise LabError(f"network namespace {n['netns']} does not exist (run lab down, then up)")
-    env = dict(os.environ, SPINES_KR_SOCKET=n["control_socket"], SPINES_KR_PORT=str(state["port"]))
+    nodes = [n for n in state["nodes"] if n["name"] == member]
+    hosts = [h for h in state["hosts"] if h["name"] == member]
+    if not nodes and not hosts:
+        raise LabError(f"lab {lab!r} has no node {member!r} "
+                       f"(nodes: {', '.join(n['name'] for n in state['nodes'])}"
+                       + (f"; hosts: {', '.join(h['name'] for h in state['hosts'])}"
+                          if state["hosts"] else "") + ")")
+    m = (nodes or hosts)[0]
+    if not _netns_exists(m["netns"]):
+        raise LabError(f"network namespace {m['netns']} does not exist (run lab down, then up)")
+    env = dict(os.environ)
+    if nodes:
+        env.update(SPINES_KR_SOCKET=m["control_socket"], SPINES_KR_PORT=str(state["port"]))
+    else:
+        env.pop("SPINES_KR_SOCKET", None)
+        env.pop("SPINES_KR_PORT", None)
     command = command or [os.environ.get("SHELL", "/bin/sh")]
-    return ["ip", "netns", "exec", n["netns"], *command], env
+    return ["ip", "netns", "exec", m["netns"], *command], env
 
 
 def down(lab: str) -> dict:
-    """Stop the lab's daemons, delete its namespaces, the rt_protos file if it was the last lab to
+    """Stop the lab's daemons, delete its namespaces (nodes' and hosts'), the rt_protos file if it was the last lab to
     claim it, and its state directory.  Idempotent.  Returns a report:
     ``{"name", "found", "stopped", "killed", "netns_deleted", "rt_protos_removed", "problems",
     "warnings"}``; the state directory is kept (for a retry) only when ``problems`` is not empty."""

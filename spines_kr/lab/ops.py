@@ -2,13 +2,16 @@
 fail and heal links, and measure an outage with probes.  Used by ``lab demo``, the lab tests
 and ``bench/``.
 
-Entry points (``st`` is ``netns.status(lab)``):
+Entry points (``st`` is ``netns.status(lab)``; a "member" is a node or a host of the lab):
     kernel_routes(netns) -> {dst: [gateway, ...]}      routes of proto spines, via ``ip -j``
     converged(st) / wait_converged(st, timeout) -> seconds or None
-    path(st, src, dst) -> [node names]                  the kernel's hop-by-hop path
+    address_of(st, member) -> address                   a node's logical ID, a host's address
+    netns_of(st, member) -> namespace name
+    ping(st, src, dst, count=3) -> CompletedProcess     real ping, src's namespace to dst's address
+    path(st, src, dst) -> [node names]                  the kernel's hop-by-hop path (nodes)
     silent_failure(st, a, b, on)                        nftables drop on a's end of link a-b
     carrier(st, a, b, up)                               ``ip link set down`` on a's end
-    Probe(st, src, dst, duration, rate)                 UDP probe stream, a context manager
+    Probe(st, src, dst, duration, rate)                 UDP probe stream src -> dst's address
 
 Silent failure: an nftables table ``spines_kr_lab`` in a's namespace drops everything in and
 out of the link's interface, which stays up: only the hello protocol can notice.  Carrier loss:
@@ -47,6 +50,32 @@ def _node(st: dict, name: str) -> dict:
     return next(n for n in st["nodes"] if n["name"] == name)
 
 
+def _member(st: dict, name: str) -> dict:
+    for m in [*st["nodes"], *st.get("hosts", [])]:
+        if m["name"] == name:
+            return m
+    raise KeyError(f"lab {st['name']!r} has no node or host {name!r}")
+
+
+def address_of(st: dict, name: str) -> str:
+    """The address traffic to a lab member goes to: a node's logical ID, a host's address."""
+    m = _member(st, name)
+    return m["logical_id"] if "logical_id" in m else m["address"]
+
+
+def netns_of(st: dict, name: str) -> str:
+    return _member(st, name)["netns"]
+
+
+def ping(st: dict, src: str, dst: str, count: int = 3, interval: float = 0.2,
+         reply_wait: float = 1.0) -> subprocess.CompletedProcess:
+    """``ping`` from ``src``'s namespace to ``address_of(dst)``; check ``returncode``."""
+    return subprocess.run(["ip", "netns", "exec", netns_of(st, src), "ping", "-n", "-c",
+                           str(count), "-i", str(interval), "-W", f"{reply_wait:g}",
+                           address_of(st, dst)], capture_output=True, text=True,
+                          timeout=count * (interval + reply_wait) + 10)
+
+
 def _link(st: dict, a: str, b: str) -> dict:
     for l in st["links"]:
         if (l["a"], l["b"]) in ((a, b), (b, a)):
@@ -61,10 +90,14 @@ def _end(st: dict, a: str, b: str) -> tuple[str, str]:
 
 
 def converged(st: dict) -> bool:
-    ids = {n["logical_id"] for n in st["nodes"]}
+    """Every node has a spines route to every other node's logical ID and advertised prefixes,
+    and to nothing else."""
     for n in st["nodes"]:
-        have = {d.split("/")[0] for d in kernel_routes(n["netns"])}
-        if have != ids - {n["logical_id"]}:
+        want = set()
+        for o in st["nodes"]:
+            if o["name"] != n["name"]:
+                want |= {o["logical_id"] + "/32", *o.get("prefixes", [])}
+        if set(kernel_routes(n["netns"])) != want:
             return False
     return True
 
@@ -123,15 +156,15 @@ def carrier(st: dict, a: str, b: str, up: bool) -> None:
 
 
 class Probe:
-    """A UDP probe stream from ``src`` to ``dst``'s logical ID; ``result()`` is the receiver's
-    report (see ``lab.probe``).  The receiver is bound before the sender starts."""
+    """A UDP probe stream from ``src`` to ``address_of(dst)`` (nodes or hosts); ``result()`` is
+    the receiver's report (see ``lab.probe``).  The receiver is bound before the sender starts."""
 
     def __init__(self, st: dict, src: str, dst: str, duration: float, rate: float = 100.0,
                  port: int = PROBE_PORT):
         py = [sys.executable, "-m", "spines_kr.lab.probe"]
         env = labns.child_env()
         self.recv = subprocess.Popen(
-            ["ip", "netns", "exec", _node(st, dst)["netns"], *py, "recv", "--port", str(port),
+            ["ip", "netns", "exec", netns_of(st, dst), *py, "recv", "--port", str(port),
              "--duration", str(duration + 2)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=env)
         ready = self.recv.stderr.readline()
@@ -139,8 +172,8 @@ class Probe:
             self.recv.kill()
             raise RuntimeError(f"probe receiver did not start: {ready}{self.recv.stderr.read()}")
         self.send = subprocess.Popen(
-            ["ip", "netns", "exec", _node(st, src)["netns"], *py, "send",
-             "--dst", _node(st, dst)["logical_id"], "--port", str(port), "--rate", str(rate),
+            ["ip", "netns", "exec", netns_of(st, src), *py, "send",
+             "--dst", address_of(st, dst), "--port", str(port), "--rate", str(rate),
              "--duration", str(duration)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, env=env)
 

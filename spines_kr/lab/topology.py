@@ -2,10 +2,10 @@
 
 Data model (all frozen dataclasses, addresses are ``ipaddress`` objects):
     Topology  metric, port, link_subnet, nodes, links, hosts
-    Node      name, logical_id (/32 put on lo), prefixes, groups
+    Node      name, logical_id (/32 put on lo), prefixes, groups, lan; ``advertised`` (property)
     Link      index, a, b, subnet (a /30), a_address (.1), b_address (.2), a_ifname, b_ifname,
               latency_ms, loss_pct, bandwidth_kbps (stored; honoured by a later issue)
-    Host      name, attach (a node name; stored for a later issue)
+    Host      name, attach (a node name), address, gateway, ifname
 
 File format::
 
@@ -15,19 +15,28 @@ File format::
     [[node]]
     name = "n1"                  # [a-z0-9_-], at most 32 characters
     logical_id = "10.100.0.1"    # optional; default 10.100.0.<i>, i = 1, 2, ... skipping taken ones
-    prefixes = ["192.168.1.0/24"]  # optional
+    prefixes = ["192.168.1.0/24"]  # optional: networks behind the node that it advertises
     groups = ["247.0.0.1"]       # optional
     [[link]]
     a = "n1"
     b = "n2"
     latency_ms = 5               # optional, also loss_pct (0..100) and bandwidth_kbps
     [[host]]
-    name = "h1"
+    name = "h1"                  # a namespace on a LAN behind n1; runs no overlay software
     attach = "n1"
 
+Hosts and LANs: a node with hosts gets a LAN, a bridge ``lan0`` in its namespace whose address
+(``Node.lan``) is the first usable address of the node's first prefix; its hosts get the next
+ones (.2, .3, ... in file order) and a default route via the node (``Host.gateway``).  A node with
+hosts but no ``prefixes`` gets a /24 picked for it: the first of 10.210.0.0/24, 10.210.1.0/24, ...
+(up to 10.255.255.0/24), in node order, that overlaps no link_subnet, logical ID, prefix or
+earlier pick.  ``Node.advertised`` (what the daemon announces) is ``prefixes``, else that /24.
+Prefixes must not overlap link_subnet, each other or a logical ID (default logical IDs skip them).
 Interface names: the end of a link in node X that leads to node Y is ``to-Y`` cut to 15 characters
 (IFNAMSIZ - 1); when several of X's links share a name (parallel links, or names equal after the
-cut) each of them gets a suffix ``-1``, ``-2``, ... that makes it unique within X.
+cut) each of them gets a suffix ``-1``, ``-2``, ... that makes it unique within X.  A host's veth
+end in its node's namespace is ``lan-<host>`` (made unique the same way; a port of ``lan0``), its
+end in the host's namespace ``eth0``.
 
 Entry points: ``parse(text)``, ``load(path)``, ``from_dict(data)`` -> ``Topology``;
 ``DEMO_TOPOLOGY`` (TOML text of the 5-node ring used by ``lab demo`` and the tests).  Every problem
@@ -52,6 +61,10 @@ DEFAULT_METRIC = "distance"
 DEFAULT_LINK_SUBNET = IPv4Network("10.200.0.0/16")
 LOGICAL_ID_BASE = IPv4Address("10.100.0.0")
 NAME_RE = re.compile(r"[a-z0-9_-]{1,32}")
+LAN_BRIDGE = "lan0"                     # a node's LAN bridge, in its namespace
+HOST_IFNAME = "eth0"                    # a host's one interface, in its namespace
+LAN_POOL_START = IPv4Address("10.210.0.0")  # picked LAN /24s: 10.210.0.0/24 ... 10.255.255.0/24
+LAN_POOL_END = IPv4Address("10.255.255.0")
 
 DEMO_TOPOLOGY = """\
 # The spines-kr demo: five nodes in a ring, every link one hop.
@@ -99,6 +112,14 @@ class Node:
     logical_id: IPv4Address
     prefixes: tuple[IPv4Network, ...] = ()
     groups: tuple[IPv4Address, ...] = ()
+    lan: IPv4Interface | None = None  # address on the LAN bridge (only a node with hosts has one)
+
+    @property
+    def advertised(self) -> tuple[IPv4Network, ...]:
+        """The prefixes the node's daemon announces: ``prefixes``, else its picked LAN prefix."""
+        if self.prefixes:
+            return self.prefixes
+        return (self.lan.network,) if self.lan else ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +149,9 @@ class Link:
 class Host:
     name: str
     attach: str
+    address: IPv4Interface | None = None  # in the node's LAN prefix, e.g. 10.210.0.2/24
+    gateway: IPv4Address | None = None    # the node's LAN address (the default route)
+    ifname: str = ""                      # its veth end in the node's namespace (a port of lan0)
 
 
 @dataclass(frozen=True)
@@ -147,6 +171,9 @@ class Topology:
 
     def links_of(self, name: str) -> list[Link]:
         return [ln for ln in self.links if name in (ln.a, ln.b)]
+
+    def hosts_of(self, name: str) -> list[Host]:
+        return [h for h in self.hosts if h.attach == name]
 
 
 # -- field checks ------------------------------------------------------------------------------
@@ -204,9 +231,9 @@ def _number(value, field: str, lo: float, hi: float | None, integer: bool = Fals
     return value
 
 
-def _ifnames(peers: list[str]) -> list[str]:
+def _ifnames(peers: list[str], prefix: str = "to-") -> list[str]:
     """Interface names of one node's link ends, given the peer of each link in link order."""
-    bases = [f"to-{p}"[:IFNAMSIZ] for p in peers]
+    bases = [f"{prefix}{p}"[:IFNAMSIZ] for p in peers]
     counts = Counter(bases)
     used = {b for b in bases if counts[b] == 1}
     out = []
@@ -262,14 +289,30 @@ def from_dict(data: dict) -> Topology:
                        for j, g in enumerate(_list(raw.get("groups", []), f"{f}.groups")))
         parsed.append((name, lid, prefixes, groups))
 
-    nodes, k = [], 0
-    for name, lid, prefixes, groups in parsed:
+    # Prefixes: no overlap with link_subnet, each other, or an explicit logical ID.
+    taken: list[tuple[IPv4Network, str]] = []  # (network, field that claimed it)
+    for i, (_n, _l, prefixes, _g) in enumerate(parsed):
+        for j, net in enumerate(prefixes):
+            f = f"node[{i}].prefixes[{j}]"
+            if net.overlaps(link_subnet):
+                raise TopologyError(f"{f}: {net} overlaps link_subnet {link_subnet}")
+            for other, where in taken:
+                if net.overlaps(other):
+                    raise TopologyError(f"{f}: {net} overlaps {other} ({where})")
+            for lid, where in explicit.items():
+                if lid in net:
+                    raise TopologyError(f"{f}: {net} contains the logical ID {lid} of {where}")
+            taken.append((net, f))
+
+    lids, k = [], 0
+    for _n, lid, _p, _g in parsed:
         while lid is None:
             k += 1
             candidate = LOGICAL_ID_BASE + k
-            if candidate not in explicit and candidate not in link_subnet:
+            if (candidate not in explicit and candidate not in link_subnet
+                    and not any(candidate in net for net, _ in taken)):
                 lid = candidate
-        nodes.append(Node(name, lid, prefixes, groups))
+        lids.append(lid)
 
     raw_links = _list(data.get("link", []), "link")
     subnets = link_subnet.subnets(new_prefix=30)
@@ -299,15 +342,15 @@ def from_dict(data: dict) -> Topology:
 
     # Interface names per node, in link order.
     ifn: dict[tuple[int, str], str] = {}
-    for n in nodes:
-        mine = [(i, b if a == n.name else a) for i, (a, b, *_rest) in enumerate(ends)
-                if n.name in (a, b)]
-        for (i, _peer), name in zip(mine, _ifnames([p for _i, p in mine])):
-            ifn[(i, n.name)] = name
+    for name, *_rest in parsed:
+        mine = [(i, b if a == name else a) for i, (a, b, *_rest) in enumerate(ends)
+                if name in (a, b)]
+        for (i, _peer), ifname in zip(mine, _ifnames([p for _i, p in mine])):
+            ifn[(i, name)] = ifname
     links = tuple(Link(i, a, b, subnet, aa, ba, ifn[(i, a)], ifn[(i, b)], **chars)
                   for i, (a, b, subnet, aa, ba, chars) in enumerate(ends))
 
-    hosts = []
+    raw_hosts = []  # (field, name, attach)
     for i, raw in enumerate(_list(data.get("host", []), "host")):
         f = f"host[{i}]"
         _table(raw, f, {"name", "attach"}, ("name", "attach"))
@@ -315,11 +358,55 @@ def from_dict(data: dict) -> Topology:
         if name in names:
             raise TopologyError(f"{f}.name: duplicate name {name!r} (also {names[name]})")
         names[name] = f
-        if not isinstance(raw["attach"], str) or raw["attach"] not in {n.name for n in nodes}:
+        if not isinstance(raw["attach"], str) or raw["attach"] not in {p[0] for p in parsed}:
             raise TopologyError(f"{f}.attach: unknown node {raw['attach']!r}")
-        hosts.append(Host(name, raw["attach"]))
+        raw_hosts.append((f, name, raw["attach"]))
+
+    # LANs: the node's first prefix, else a picked /24; the node .1, its hosts .2, .3, ...
+    nodes, hosts_by_node = [], {}
+    for i, ((name, _lid, prefixes, groups), lid) in enumerate(zip(parsed, lids)):
+        mine = [h for h in raw_hosts if h[2] == name]
+        lan = None
+        if mine:
+            net = prefixes[0] if prefixes else _pick_lan(link_subnet, lids, taken, f"node[{i}]")
+            if not prefixes:
+                taken.append((net, f"node[{i}] LAN"))
+            usable = net.num_addresses - 2 if net.prefixlen <= 30 else 0  # no network/broadcast
+            if len(mine) >= usable:
+                f, hname, _attach = mine[max(usable - 1, 0)]
+                room = max(usable - 1, 0)
+                raise TopologyError(f"{f}.attach: the LAN {net} of node {name!r} has no address "
+                                    f"left for host {hname!r} (room for {room} "
+                                    f"host{'' if room == 1 else 's'} besides the node)")
+            lan = _nth(net, 1)
+            ifnames = _ifnames([h[1] for h in mine], prefix="lan-")
+            hosts_by_node[name] = [Host(hname, name, _nth(net, k + 2), lan.ip, ifnames[k])
+                                   for k, (_f, hname, _a) in enumerate(mine)]
+        nodes.append(Node(name, lid, prefixes, groups, lan))
+    order = {h[1]: k for k, h in enumerate(raw_hosts)}
+    hosts = sorted((h for hs in hosts_by_node.values() for h in hs), key=lambda h: order[h.name])
 
     return Topology(metric, port, link_subnet, tuple(nodes), links, tuple(hosts))
+
+
+def _nth(net: IPv4Network, k: int) -> IPv4Interface:
+    """Address number ``k`` of ``net`` (0 = the network address), with the prefix length."""
+    return IPv4Interface(f"{net.network_address + k}/{net.prefixlen}")
+
+
+def _pick_lan(link_subnet: IPv4Network, lids: list[IPv4Address],
+              taken: list[tuple[IPv4Network, str]], field: str) -> IPv4Network:
+    """The first /24 of the LAN pool clear of link_subnet, every logical ID and ``taken``."""
+    addr = LAN_POOL_START
+    while addr <= LAN_POOL_END:
+        net = IPv4Network(f"{addr}/24")
+        if (not net.overlaps(link_subnet) and not any(lid in net for lid in lids)
+                and not any(net.overlaps(t) for t, _ in taken)):
+            return net
+        addr += 256
+    raise TopologyError(f"{field}.prefixes: the node has hosts but no prefixes, and no /24 in "
+                        f"{LAN_POOL_START}-{LAN_POOL_END}.255 is free for its LAN; give it "
+                        f"prefixes")
 
 
 def parse(text: str) -> Topology:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from spines_kr.lab import netns, topology
+from spines_kr.lab import netns, ops, topology
 from spines_kr.lab.cli import add_lab_parser
 from tests.lab.conftest import standin_argv
 
@@ -237,3 +237,144 @@ def test_cli_exec_passes_the_exit_status_and_environment(lab_name):
                        env=dict(os.environ, PYTHONPATH=str(netns.REPO_ROOT)))
     assert r.returncode == 7, r.stderr
     assert "10.100.0.4/32" in r.stdout and r.stdout.strip().endswith("n4.ctl")
+
+
+# -- hosts ---------------------------------------------------------------------------------------
+
+HOSTS_TOPOLOGY = """\
+[[node]]
+name = "n1"
+[[node]]
+name = "n2"
+[[node]]
+name = "n3"
+prefixes = ["192.168.30.0/24", "192.168.31.0/24"]
+[[link]]
+a = "n1"
+b = "n2"
+[[link]]
+a = "n2"
+b = "n3"
+[[host]]
+name = "h1"
+attach = "n1"
+[[host]]
+name = "h2"
+attach = "n1"
+[[host]]
+name = "h3"
+attach = "n3"
+"""
+HOSTS = topology.parse(HOSTS_TOPOLOGY)
+
+
+def test_hosts_sit_on_a_lan_behind_their_node(lab_name, capsys):
+    st = netns.up(HOSTS, lab_name, daemon=standin_argv)
+    assert sorted(lab_netns(lab_name)) == [f"{lab_name}-{m}" for m in
+                                           ("h1", "h2", "h3", "n1", "n2", "n3")]
+    assert st["hosts"] == [
+        {"name": "h1", "netns": f"{lab_name}-h1", "address": "10.210.0.2",
+         "prefix": "10.210.0.0/24", "gateway": "10.210.0.1", "attach": "n1"},
+        {"name": "h2", "netns": f"{lab_name}-h2", "address": "10.210.0.3",
+         "prefix": "10.210.0.0/24", "gateway": "10.210.0.1", "attach": "n1"},
+        {"name": "h3", "netns": f"{lab_name}-h3", "address": "192.168.30.2",
+         "prefix": "192.168.30.0/24", "gateway": "192.168.30.1", "attach": "n3"}]
+    assert [(n["prefixes"], n["lan"]) for n in st["nodes"]] == [
+        (["10.210.0.0/24"], "10.210.0.1/24"), ([], None),
+        (["192.168.30.0/24", "192.168.31.0/24"], "192.168.30.1/24")]
+
+    # The node's bridge carries its LAN address; its hosts' veth ends are ports of it.
+    n1 = f"{lab_name}-n1"
+    assert "10.210.0.1/24" in ip("-n", n1, "-br", "addr", "show", "dev", "lan0")
+    ports = json.loads(ip("-n", n1, "-j", "link", "show", "master", "lan0"))
+    assert sorted(p["ifname"] for p in ports) == ["lan-h1", "lan-h2"]
+    assert all("UP" in p["flags"] for p in ports)
+    # A host: one interface with its address, a default route via its node, nothing else.
+    for h in st["hosts"]:
+        links = json.loads(ip("-n", h["netns"], "-j", "link", "show"))
+        assert sorted(ln["ifname"] for ln in links) == ["eth0", "lo"]
+        addrs = ip("-n", h["netns"], "-br", "-4", "addr", "show", "dev", "eth0")
+        assert f"{h['address']}/24" in addrs and "UP" in addrs
+        routes = json.loads(ip("-n", h["netns"], "-j", "route", "show"))
+        assert {"dst": "default", "gateway": h["gateway"]}.items() <= routes[0].items()
+        assert len(routes) == 2  # default, and the LAN's connected route
+        # It reaches its node's LAN address, and (via the default route) its logical ID.
+        for target in (h["gateway"], ops.address_of(st, h["attach"])):
+            res = in_ns(lab_name, h["name"], "ping", "-c1", "-W2", target)
+            assert res.returncode == 0, res.stdout + res.stderr
+    # Two hosts of one node reach each other across the bridge, by ping and by probe.
+    res = ops.ping(st, "h1", "h2", count=2)
+    assert res.returncode == 0, res.stdout + res.stderr
+    with ops.Probe(st, "h2", "h1", duration=1.0) as probe:
+        result = probe.result()
+    assert result["received"] > 50 and result["lost"] == 0
+
+    # The daemon is told its link addresses (never the LAN's) and its advertised prefixes.
+    args = {n["name"]: json.loads(Path(n["log"]).read_text()) for n in st["nodes"]}
+    flags = lambda a, flag: [a[i + 1] for i, x in enumerate(a) if x == flag]  # noqa: E731
+    assert flags(args["n1"], "--prefix") == ["10.210.0.0/24"]
+    assert flags(args["n2"], "--prefix") == []
+    assert flags(args["n3"], "--prefix") == ["192.168.30.0/24", "192.168.31.0/24"]
+    assert flags(args["n1"], "-I") == ["10.200.0.1"]
+    assert flags(args["n3"], "-I") == ["10.200.0.6"]
+
+    # exec: a host runs no daemon, so no control socket in its environment.
+    argv, env = netns.exec_argv(lab_name, "h3", ["true"])
+    assert argv == ["ip", "netns", "exec", f"{lab_name}-h3", "true"]
+    assert "SPINES_KR_SOCKET" not in env and "SPINES_KR_PORT" not in env
+    with pytest.raises(netns.LabError, match=r"no node 'h9' \(nodes: n1, n2, n3; hosts: h1, h2"):
+        netns.exec_argv(lab_name, "h9", [])
+
+    assert run_cli("lab", "status", "--name", lab_name, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["hosts"] == st["hosts"]
+    assert run_cli("lab", "status", "--name", lab_name) == 0
+    out = capsys.readouterr().out
+    assert "HOST" in out and "192.168.30.2" in out and "192.168.30.0/24,192.168.31.0/24" in out
+
+    pids = [n["pid"] for n in st["nodes"]]
+    report = netns.down(lab_name)
+    assert not report["problems"]
+    assert sorted(report["netns_deleted"]) == sorted(f"{lab_name}-{m}" for m in
+                                                     ("h1", "h2", "h3", "n1", "n2", "n3"))
+    assert_gone(lab_name, pids)
+
+
+def test_up_fails_and_removes_the_hosts_too(lab_name, monkeypatch):
+    monkeypatch.setenv("STANDIN_EXIT", "1")
+    with pytest.raises(netns.LabError, match="exited with status 3"):
+        netns.up(HOSTS, lab_name, daemon=standin_argv)
+    assert_gone(lab_name, [])
+
+
+CRASH = """
+import os, sys
+from spines_kr.lab import netns, ops, topology
+from tests.lab.conftest import standin_argv
+lab, when = sys.argv[1], sys.argv[2]
+real = netns._run
+def run(argv):
+    out = real(argv)
+    if when == "build" and argv[:3] == ["ip", "-n", lab + "-h2"] and "route" in argv:
+        os._exit(9)  # dies with h1 and h2 built, h3 planned but not there
+    return out
+netns._run = run
+netns.up(topology.parse(sys.stdin.read()), lab, daemon=standin_argv)
+os._exit(9)  # dies with the lab up, its daemons left running
+"""
+
+
+@pytest.mark.parametrize("when", ["build", "up"])
+def test_down_removes_hosts_after_up_crashed(lab_name, when):
+    r = subprocess.run([sys.executable, "-c", CRASH, lab_name, when], input=HOSTS_TOPOLOGY,
+                       capture_output=True, text=True, timeout=60, cwd=netns.REPO_ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(netns.REPO_ROOT)))
+    assert r.returncode == 9, r.stderr
+    have = lab_netns(lab_name)
+    assert f"{lab_name}-h2" in have and (f"{lab_name}-h3" in have) == (when == "up")
+    pids = [n["pid"] for n in netns.status(lab_name)["nodes"] if n["pid"]]
+    assert len(pids) == (3 if when == "up" else 0)
+    assert all(n["alive"] for n in netns.status(lab_name)["nodes"]) == (when == "up")
+    report = netns.down(lab_name)
+    assert not report["problems"], report
+    assert {f"{lab_name}-h1", f"{lab_name}-h2"} <= set(report["netns_deleted"])
+    assert_gone(lab_name, pids)

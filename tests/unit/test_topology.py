@@ -1,5 +1,5 @@
-"""Topology files: parsing, defaults, address and interface-name allocation, and errors that
-name their field."""
+"""Topology files: parsing, defaults, address and interface-name allocation, hosts and their LANs,
+and errors that name their field."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def test_demo_is_the_five_node_ring_with_defaults():
     assert [n.logical_id for n in t.nodes] == [IPv4Address(f"10.100.0.{i}") for i in range(1, 6)]
     assert [(ln.a, ln.b) for ln in t.links] == RING
     assert t.hosts == ()
+    assert all(n.lan is None and n.advertised == () for n in t.nodes)
     # Each link gets the next /30, a = .1, b = .2.
     for i, ln in enumerate(t.links):
         assert ln.subnet == IPv4Network(f"10.200.0.{4 * i}/30")
@@ -54,7 +55,11 @@ def test_everything_optional_is_stored():
     ln = t.links[0]
     assert (ln.latency_ms, ln.loss_pct, ln.bandwidth_kbps) == (12.5, 1, 1000)
     assert ln.a_address == IPv4Interface("172.30.0.1/30")
-    assert t.hosts == (topology.Host("h1", "b"),)
+    assert t.hosts == (topology.Host("h1", "b", IPv4Interface("10.210.0.2/24"),
+                                     IPv4Address("10.210.0.1"), "lan-h1"),)
+    assert a.advertised == (IPv4Network("198.51.100.0/24"),) and a.lan is None
+    assert t.node("b").lan == IPv4Interface("10.210.0.1/24")
+    assert t.node("b").advertised == (IPv4Network("10.210.0.0/24"),)
 
 
 def test_default_logical_ids_skip_explicit_ones():
@@ -84,6 +89,83 @@ def test_links_use_the_link_subnet_in_order_until_it_runs_out():
     assert [str(ln.subnet) for ln in t.links] == ["10.9.0.0/30", "10.9.0.4/30"]
     with pytest.raises(TopologyError, match=r"^link\[2\]: link_subnet 10.9.0.0/29 has no /30 left"):
         parse(text + links(("a", "b"), ("b", "c"), ("c", "a")))
+
+
+def hosts(*pairs: tuple[str, str]) -> str:
+    return "".join(f'[[host]]\nname = "{h}"\nattach = "{n}"\n' for h, n in pairs)
+
+
+def test_hosts_share_their_nodes_lan_and_picked_prefixes_follow_node_order():
+    t = parse(nodes("n1", "n2", "n3", "n4") + links(("n1", "n2"), ("n3", "n4")) +
+              hosts(("h1", "n4"), ("h2", "n1"), ("h3", "n4"), ("h4", "n4")))
+    # Picked in node order (n1 before n4), whatever the order of the hosts.
+    assert t.node("n1").lan == IPv4Interface("10.210.0.1/24")
+    assert t.node("n4").lan == IPv4Interface("10.210.1.1/24")
+    assert [n.advertised for n in t.nodes] == [(IPv4Network("10.210.0.0/24"),), (), (),
+                                               (IPv4Network("10.210.1.0/24"),)]
+    assert t.node("n2").lan is None and t.node("n2").prefixes == ()
+    # Hosts keep their file order; a node's hosts get .2, .3, ... in that order.
+    assert [(h.name, h.attach, str(h.address), str(h.gateway), h.ifname) for h in t.hosts] == [
+        ("h1", "n4", "10.210.1.2/24", "10.210.1.1", "lan-h1"),
+        ("h2", "n1", "10.210.0.2/24", "10.210.0.1", "lan-h2"),
+        ("h3", "n4", "10.210.1.3/24", "10.210.1.1", "lan-h3"),
+        ("h4", "n4", "10.210.1.4/24", "10.210.1.1", "lan-h4")]
+    assert [h.name for h in t.hosts_of("n4")] == ["h1", "h3", "h4"]
+    # Picking is deterministic.
+    assert parse(nodes("n1", "n2", "n3", "n4") + links(("n1", "n2"), ("n3", "n4")) +
+                 hosts(("h1", "n4"), ("h2", "n1"), ("h3", "n4"), ("h4", "n4"))) == t
+
+
+def test_a_node_with_prefixes_puts_its_hosts_in_the_first_one():
+    t = parse('[[node]]\nname = "a"\nprefixes = ["192.168.8.0/22", "172.16.0.0/16"]\n' +
+              nodes("b") + hosts(("x", "a"), ("y", "b")))
+    a = t.node("a")
+    assert a.lan == IPv4Interface("192.168.8.1/22")
+    assert a.advertised == (IPv4Network("192.168.8.0/22"), IPv4Network("172.16.0.0/16"))
+    assert [str(h.address) for h in t.hosts] == ["192.168.8.2/22", "10.210.0.2/24"]
+    # A prefix without hosts is advertised but gets no LAN.
+    t = parse('[[node]]\nname = "a"\nprefixes = ["192.168.8.0/24"]\n')
+    assert t.node("a").lan is None and t.hosts == ()
+    assert t.node("a").advertised == (IPv4Network("192.168.8.0/24"),)
+
+
+def test_picked_prefixes_avoid_link_subnet_logical_ids_and_other_prefixes():
+    # link_subnet covers 10.210.0.0/16: the pick moves on to 10.211.0.0/24.
+    t = parse('link_subnet = "10.210.0.0/16"\n' + nodes("a") + hosts(("h", "a")))
+    assert t.node("a").lan == IPv4Interface("10.211.0.1/24")
+    # Another node's prefix, and a logical ID, are skipped too.
+    t = parse('[[node]]\nname = "a"\nprefixes = ["10.210.0.0/23"]\n'
+              '[[node]]\nname = "b"\nlogical_id = "10.210.2.9"\n' + nodes("c", "d") +
+              hosts(("h1", "c"), ("h2", "d")))
+    assert t.node("c").lan == IPv4Interface("10.210.3.1/24")
+    assert t.node("d").lan == IPv4Interface("10.210.4.1/24")
+    assert t.node("a").lan is None  # has prefixes, but no hosts
+    # Nothing free at all: the error tells what to do.
+    with pytest.raises(TopologyError, match=r"^node\[0\]\.prefixes: the node has hosts but no "
+                                            r"prefixes, and no /24 .* give it prefixes$"):
+        parse('link_subnet = "10.0.0.0/8"\n' + nodes("a") + hosts(("h", "a")))
+
+
+def test_default_logical_ids_skip_prefixes():
+    t = parse('[[node]]\nname = "a"\nprefixes = ["10.100.0.0/30"]\n' + nodes("b"))
+    assert [str(n.logical_id) for n in t.nodes] == ["10.100.0.4", "10.100.0.5"]
+
+
+def test_a_lan_holds_as_many_hosts_as_its_prefix_has_room_for():
+    text = '[[node]]\nname = "a"\nprefixes = ["192.168.0.0/29"]\n'
+    t = parse(text + hosts(*[(f"h{i}", "a") for i in range(5)]))
+    assert [str(h.address.ip) for h in t.hosts] == [f"192.168.0.{i}" for i in range(2, 7)]
+    with pytest.raises(TopologyError, match=r"^host\[5\]\.attach: the LAN 192.168.0.0/29 of node "
+                                            r"'a' has no address left for host 'h5' \(room for 5 "
+                                            r"hosts besides the node\)$"):
+        parse(text + hosts(*[(f"h{i}", "a") for i in range(6)]))
+
+
+def test_host_interface_names_are_unique_within_a_node():
+    long1, long2 = "hostwithalongname1", "hostwithalongname2"
+    t = parse(nodes("a") + hosts((long1, "a"), (long2, "a"), ("h", "a")))
+    assert [h.ifname for h in t.hosts] == ["lan-hostwitha-1", "lan-hostwitha-2", "lan-h"]
+    assert all(len(h.ifname) <= 15 for h in t.hosts)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -128,6 +210,27 @@ def test_links_use_the_link_subnet_in_order_until_it_runs_out():
     (nodes("a") + '[[host]]\nname = "h"\nattach = "b"\n', "host[0].attach: unknown node 'b'"),
     (nodes("a") + '[[host]]\nname = "h"\n', "host[0].attach: missing"),
     (nodes("a") + '[[host]]\nname = "h"\nattach = "a"\nip = 1\n', "host[0].ip: unknown key"),
+    (nodes("a") + hosts(("h", "a"), ("h", "a")), "host[1].name: duplicate name 'h' (also host[0])"),
+    (nodes("a") + hosts(("h", "a"), ("a", "a")), "host[1].name: duplicate name 'a' (also node[0])"),
+    (nodes("a") + '[[host]]\nname = "H"\nattach = "a"\n', "host[0].name: 'H' is not a name"),
+    (nodes("a") + '[[host]]\nname = "h"\nattach = 1\n', "host[0].attach: unknown node 1"),
+    ('host = "h"\n' + nodes("a"), "host: expected a list"),
+    ('[[node]]\nname = "a"\nprefixes = ["10.200.4.0/24"]\n',
+     "node[0].prefixes[0]: 10.200.4.0/24 overlaps link_subnet 10.200.0.0/16"),
+    ('[[node]]\nname = "a"\nprefixes = ["10.1.0.0/16"]\n'
+     '[[node]]\nname = "b"\nprefixes = ["10.2.0.0/16", "10.1.2.0/24"]\n',
+     "node[1].prefixes[1]: 10.1.2.0/24 overlaps 10.1.0.0/16 (node[0].prefixes[0])"),
+    ('[[node]]\nname = "a"\nprefixes = ["10.1.0.0/16", "10.1.0.0/16"]\n',
+     "node[0].prefixes[1]: 10.1.0.0/16 overlaps 10.1.0.0/16 (node[0].prefixes[0])"),
+    ('[[node]]\nname = "a"\nprefixes = ["10.1.0.0/16"]\n'
+     '[[node]]\nname = "b"\nlogical_id = "10.1.0.1"\n',
+     "node[0].prefixes[0]: 10.1.0.0/16 contains the logical ID 10.1.0.1 of node[1]"),
+    ('[[node]]\nname = "a"\nprefixes = ["10.1.0.0/31"]\n' + hosts(("h", "a")),
+     "host[0].attach: the LAN 10.1.0.0/31 of node 'a' has no address left for host 'h' "
+     "(room for 0 hosts"),
+    ('[[node]]\nname = "a"\nprefixes = ["10.1.0.0/30"]\n' + hosts(("h", "a"), ("i", "a")),
+     "host[1].attach: the LAN 10.1.0.0/30 of node 'a' has no address left for host 'i' "
+     "(room for 1 host besides"),
     ("[[node]\n", "topology: invalid TOML"),
 ])
 def test_every_error_names_its_field(text, message):
