@@ -83,7 +83,7 @@ class LabNotFound(LabError):
 
 def daemon_argv(*, port: int, logical_id: str, local_addresses: list[str], neighbors: list[str],
                 metric: str, log_file: str, ipc_path: str, control_socket: str,
-                prefixes: list[str] = ()) -> list[str]:
+                prefixes: list[str] = (), multipath: bool = False) -> list[str]:
     """The command line of one node's daemon (run inside its namespace); ``prefixes`` are the
     networks it advertises (``--prefix``, repeated; none when empty)."""
     argv = [sys.executable, "-m", "spines_kr", "daemon", "-p", str(port), "-l", logical_id]
@@ -93,6 +93,8 @@ def daemon_argv(*, port: int, logical_id: str, local_addresses: list[str], neigh
         argv += ["-a", a]
     for p in prefixes:
         argv += ["--prefix", p]
+    if multipath:
+        argv.append("--multipath")
     return argv + ["-k", "0", "-m", "-w", metric, "-lf", log_file, "-ud", ipc_path,
                    "--control-socket", control_socket]
 
@@ -293,6 +295,8 @@ def plan(topology: Topology, lab: str, *, port: int | None = None,
                     log_file=files["log"], ipc_path=files["ipc"], control_socket=files["ctl"])
         if n.advertised:  # only then, so a stand-in without the keyword still fits
             spec["prefixes"] = [str(p) for p in n.advertised]
+        if topology.multipath:
+            spec["multipath"] = True
         lan = {"ifname": LAN_BRIDGE, "address": str(n.lan)} if n.lan else None
         nodes.append({"name": n.name, "netns": f"{lab}-{n.name}", "logical_id": str(n.logical_id),
                       "addresses": spec["local_addresses"], "neighbors": spec["neighbors"],
@@ -301,7 +305,9 @@ def plan(topology: Topology, lab: str, *, port: int | None = None,
                       "ipc": files["ipc"], "control_socket": files["ctl"],
                       "pid": None, "start_time": None})
     links = [{"a": ln.a, "b": ln.b, "a_ifname": ln.a_ifname, "b_ifname": ln.b_ifname,
-              "a_address": str(ln.a_address), "b_address": str(ln.b_address)}
+              "a_address": str(ln.a_address), "b_address": str(ln.b_address),
+              "latency_ms": ln.latency_ms, "loss_pct": ln.loss_pct,
+              "bandwidth_kbps": ln.bandwidth_kbps}
              for ln in topology.links]
     hosts = [{"name": h.name, "netns": f"{lab}-{h.name}", "attach": h.attach,
               "address": str(h.address.ip), "prefix": str(h.address.network),
@@ -342,6 +348,7 @@ def up(topology: Topology, lab: str, *, port: int | None = None,
         _save(state)
         _start(state)
         _wait_ready(state, timeout)
+        _emulate_links(state)
         state["phase"] = "up"
         _save(state)
     except BaseException:
@@ -356,7 +363,9 @@ def _build(state: dict) -> None:
         ns = node["netns"]
         _run(["ip", "netns", "add", ns])
         _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
-              "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])
+              "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
+              # multipath: spread flows by ports too (the default policy 0 hashes addresses only)
+              "net.ipv4.fib_multipath_hash_policy=1"])
         _run(["ip", "-n", ns, "link", "set", "lo", "up"])
         _run(["ip", "-n", ns, "addr", "add", f"{node['logical_id']}/32", "dev", "lo"])
     netns = {n["name"]: n["netns"] for n in state["nodes"]}
@@ -423,6 +432,31 @@ def restart(lab: str, node: str, *, kill: bool = False, timeout: float = READY_T
     _start(state, [n])
     _wait_ready({**state, "nodes": [n]}, timeout)
     return status(lab)
+
+
+def _emulate_links(state: dict) -> None:
+    """Apply the topology's latency_ms/loss_pct/bandwidth_kbps to both directions of each link,
+    through each end's daemon (Spines' setlink), and record what each daemon applied."""
+    from spines_kr.daemon.control import request
+
+    nodes = {n["name"]: n for n in state["nodes"]}
+    for ln in state["links"]:
+        values = {k: ln.get(k) or 0 for k in ("bandwidth_kbps", "latency_ms", "loss_pct")}
+        if not any(values.values()):
+            continue
+        ln["emulation"] = {}
+        for side, other in (("a", "b"), ("b", "a")):
+            req = {"cmd": "setlink", "burst_pct": 0, **values,
+                   "source": ln[f"{side}_address"].split("/")[0],
+                   "dest": ln[f"{other}_address"].split("/")[0]}
+            try:
+                reply = request(nodes[ln[side]]["control_socket"], req)
+            except OSError as e:
+                raise LabError(f"link {ln['a']}-{ln['b']}: setlink on {ln[side]} failed: {e}") from None
+            if not reply.get("ok"):
+                raise LabError(f"link {ln['a']}-{ln['b']}: setlink on {ln[side]}: {reply.get('error')}")
+            ln["emulation"][ln[side]] = reply["data"]["links"]
+        _save(state)
 
 
 def _accepts(path: str) -> bool:

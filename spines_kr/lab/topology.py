@@ -11,6 +11,7 @@ File format::
 
     metric = "distance"          # optional: distance|latency|loss|explat|problem
     port = 8100                  # optional: overlay UDP port of every daemon
+    multipath = false            # optional: daemons install multipath routes (--multipath)
     link_subnet = "10.200.0.0/16"  # optional: pool the links' /30s are cut from, in link order
     [[node]]
     name = "n1"                  # [a-z0-9_-], at most 32 characters
@@ -162,6 +163,7 @@ class Topology:
     nodes: tuple[Node, ...]
     links: tuple[Link, ...]
     hosts: tuple[Host, ...] = ()
+    multipath: bool = False  # daemons install multipath routes where next hops tie
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -252,7 +254,10 @@ def _ifnames(peers: list[str], prefix: str = "to-") -> list[str]:
 
 def from_dict(data: dict) -> Topology:
     """Validate the parsed TOML ``data`` and return the Topology (addresses allocated)."""
-    _table(data, "", {"metric", "port", "link_subnet", "node", "link", "host"})
+    _table(data, "", {"metric", "port", "link_subnet", "multipath", "node", "link", "host"})
+    multipath = data.get("multipath", False)
+    if not isinstance(multipath, bool):
+        raise TopologyError(f"multipath: expected true or false, got {multipath!r}")
     metric = data.get("metric", DEFAULT_METRIC)
     if metric not in ALL_METRICS:
         raise TopologyError(f"metric: {metric!r} is not one of {'|'.join(ALL_METRICS)}")
@@ -386,7 +391,7 @@ def from_dict(data: dict) -> Topology:
     order = {h[1]: k for k, h in enumerate(raw_hosts)}
     hosts = sorted((h for hs in hosts_by_node.values() for h in hs), key=lambda h: order[h.name])
 
-    return Topology(metric, port, link_subnet, tuple(nodes), links, tuple(hosts))
+    return Topology(metric, port, link_subnet, tuple(nodes), links, tuple(hosts), multipath)
 
 
 def _nth(net: IPv4Network, k: int) -> IPv4Interface:
