@@ -66,7 +66,8 @@ def test_up_builds_the_ring_and_down_removes_it(lab_name):
     # Links: the right names and addresses, rp_filter off, and one hop pings across.
     assert len(st["links"]) == 5
     for ln in st["links"]:
-        assert set(ln) == {"a", "b", "a_ifname", "b_ifname", "a_address", "b_address"}
+        assert set(ln) == {"a", "b", "a_ifname", "b_ifname", "a_address", "b_address",
+                           "latency_ms", "loss_pct", "bandwidth_kbps"}
         assert (ln["a_ifname"], ln["b_ifname"]) == (f"to-{ln['b']}", f"to-{ln['a']}")
         for side, peer in (("a", "b"), ("b", "a")):
             shown = ip("-n", f"{lab_name}-{ln[side]}", "-br", "addr", "show", "dev",
