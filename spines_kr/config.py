@@ -66,6 +66,7 @@ class Config:
     prefsrc: bool = True
     multipath: bool = False
     multipath_tolerance: float = 0.1
+    multipath_weights: str = "equal"
     prefixes: tuple[str, ...] = ()
     reconcile_interval_s: float = 30.0
     startup_grace_s: float = 5.0
@@ -169,6 +170,10 @@ def build(file_values: dict | None = None, flag_values: dict | None = None) -> C
             raise ConfigError(f"prefixes: '{p}' is not an IPv4 network (address/length with no "
                               f"host bits set)") from None
     out["prefixes"] = tuple(dict.fromkeys(prefixes))
+    weights = v.get("multipath_weights", "equal")
+    if weights not in ("equal", "cost"):
+        raise ConfigError(f"multipath_weights: '{weights}' is not one of equal, cost")
+    out["multipath_weights"] = weights
     if "multipath_tolerance" in v:
         out["multipath_tolerance"] = _num("multipath_tolerance", v["multipath_tolerance"], 0, 1)
     levels = tuple(sorted({_int("kernel_levels", x, 0, 3)

@@ -55,6 +55,7 @@ class Params:
     prefsrc: str | None = None
     multipath: bool = False
     multipath_tolerance: float = 0.0  # measured metrics: next hops within this share of the best
+    multipath_weights: str = "equal"
     prefixes: tuple[tuple[int, int, int], ...] = ()  # (network, prefixlen, metric) we announce
 
     @classmethod
@@ -67,6 +68,7 @@ class Params:
                    accept_unknown_neighbors=cfg.accept_unknown_neighbors, prefsrc=prefsrc,
                    multipath=cfg.multipath,
                    multipath_tolerance=cfg.multipath_tolerance if cfg.metric in MEASURED else 0.0,
+                   multipath_weights=cfg.multipath_weights,
                    prefixes=tuple(sorted(
                        (int(n.network_address), n.prefixlen, 0)
                        for n in map(ipaddress.IPv4Network, cfg.prefixes))))
@@ -405,7 +407,8 @@ class Node:
             graph = self.lsdb.graph()
             routes = node_routes(result, hops, prefsrc=self.p.prefsrc, multipath=self.p.multipath,
                                  graph=graph, self_id=self.id,
-                                 tolerance=self.p.multipath_tolerance)
+                                 tolerance=self.p.multipath_tolerance,
+                                 weights=self.p.multipath_weights)
             for dst, route in prefix_routes(self.lsdb.lsas, self.id, routes, result).items():
                 routes.setdefault(dst, route)
             self._routes = routes

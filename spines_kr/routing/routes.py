@@ -13,8 +13,10 @@ multipath route, equal weights); with a ``tolerance`` > 0 (measured metrics, whe
 are rare) also every neighbor n that is strictly closer to the destination than we are
 (dist(n, d) < dist(self, d): loop-free, as an IP fast-reroute loop-free alternate) and whose
 path is within the tolerance: cost(self, n) + dist(n, d) <= (1 + tolerance) * dist(self, d).
-That needs one SPF from each neighbor, run only when the tolerance is on.  Without multipath,
-the first hop of lowest neighbor id, so every run and every restart chooses the same.
+That needs one SPF from each neighbor, run only when the tolerance is on.  Weights: "equal"
+(every next hop 1), or "cost" (inversely proportional to the path cost through it, the best
+path weighing ``WEIGHT_SCALE``).  Without multipath, the first hop of lowest neighbor id, so
+every run and every restart chooses the same.
 """
 
 from __future__ import annotations
@@ -25,15 +27,17 @@ from collections.abc import Mapping
 from spines_kr.routing.model import NextHop, Route, RouteSet
 from spines_kr.routing.spf import SpfResult, spf
 
+WEIGHT_SCALE = 16  # "cost" weights: the best path gets 16, a path costing twice as much 8
+
 
 def ip(n: int) -> str:
     return str(ipaddress.IPv4Address(n))
 
 
 def _within_tolerance(graph, self_id: int, neighbors, tolerance: float, spf_result: SpfResult):
-    """dst -> set of neighbors that are loop-free and within tolerance of the best cost."""
+    """dst -> {neighbor: path cost} of neighbors loop-free and within tolerance of the best."""
     dists = {n: spf(graph, n) for n in neighbors if n in graph}
-    extra: dict[int, set[int]] = {}
+    extra: dict[int, dict[int, int]] = {}
     own = graph.get(self_id, {})
     for dst, (best, _hops) in spf_result.items():
         for n, dn in dists.items():
@@ -43,32 +47,42 @@ def _within_tolerance(graph, self_id: int, neighbors, tolerance: float, spf_resu
             if via is None or via >= best:
                 continue  # not strictly closer to dst than we are: could loop back
             if own[n] + via <= best * (1 + tolerance):
-                extra.setdefault(dst, set()).add(n)
+                extra.setdefault(dst, {})[n] = own[n] + via
     return extra
 
 
 def node_routes(spf_result: SpfResult, nexthops_by_neighbor: Mapping[int, list[NextHop]], *,
                 prefsrc: str | None = None, multipath: bool = False, graph=None,
-                self_id: int | None = None, tolerance: float = 0.0) -> RouteSet:
+                self_id: int | None = None, tolerance: float = 0.0,
+                weights: str = "equal") -> RouteSet:
     extra = {}
     if multipath and tolerance > 0 and graph is not None:
         extra = _within_tolerance(graph, self_id, nexthops_by_neighbor, tolerance, spf_result)
     routes: RouteSet = {}
-    for node, (_cost, first_hops) in spf_result.items():
-        hops = _hops(first_hops | extra.get(node, set()), nexthops_by_neighbor, multipath)
+    for node, (cost, first_hops) in spf_result.items():
+        costs = {h: cost for h in first_hops}
+        costs.update(extra.get(node, {}))
+        hops = _hops(costs, nexthops_by_neighbor, multipath, weights)
         if hops:
             dst = f"{ip(node)}/32"
             routes[dst] = Route(dst, hops, prefsrc)
     return routes
 
 
-def _hops(first_hops, nexthops_by_neighbor, multipath: bool) -> tuple[NextHop, ...]:
-    usable = sorted(h for h in first_hops if nexthops_by_neighbor.get(h))
+def _hops(costs: dict[int, int], nexthops_by_neighbor, multipath: bool,
+          weights: str) -> tuple[NextHop, ...]:
+    """Next hops for first hops ``costs`` (neighbor -> path cost through it)."""
+    usable = sorted(h for h in costs if nexthops_by_neighbor.get(h))
     if not usable:
         return ()
     if not multipath:
-        return (nexthops_by_neighbor[usable[0]][0],)
-    return tuple(nh for h in usable for nh in nexthops_by_neighbor[h])
+        return (nexthops_by_neighbor[min(usable, key=lambda h: (costs[h], h))][0],)
+    best = min(costs[h] for h in usable)
+    out = []
+    for h in usable:
+        w = 1 if weights == "equal" else max(1, min(256, round(WEIGHT_SCALE * best / costs[h])))
+        out += [NextHop(nh.gateway, nh.ifindex, w) for nh in nexthops_by_neighbor[h]]
+    return tuple(out)
 
 
 def prefix_routes(lsas: Mapping, self_id: int, node_routes_: RouteSet,

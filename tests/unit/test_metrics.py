@@ -105,3 +105,17 @@ def test_multipath_tolerance_uses_a_nearly_equal_path():
     sim.set_wire(1, 3, delay=0.011)
     sim.set_wire(3, 4, delay=0.011)
     assert sim.run_until(lambda: sim.next_hop_node(1, 4) == {2, 3}, 5) is not None
+
+
+def test_cost_weights_favour_the_cheaper_path():
+    from spines_kr.routing.model import NextHop
+    from spines_kr.routing.routes import node_routes
+    graph = {1: {2: 10, 3: 11}, 2: {1: 10, 4: 10}, 3: {1: 11, 4: 11}, 4: {2: 10, 3: 11}}
+    from spines_kr.routing.spf import spf
+    hops = {2: [NextHop("10.0.0.2", 2)], 3: [NextHop("10.0.0.3", 3)]}
+    r = node_routes(spf(graph, 1), hops, multipath=True, graph=graph, self_id=1, tolerance=0.2,
+                    weights="cost")
+    weights = {nh.gateway: nh.weight for nh in r["0.0.0.4/32"].nexthops}
+    assert weights == {"10.0.0.2": 16, "10.0.0.3": round(16 * 20 / 22)}
+    equal = node_routes(spf(graph, 1), hops, multipath=True, graph=graph, self_id=1, tolerance=0.2)
+    assert {nh.weight for nh in equal["0.0.0.4/32"].nexthops} == {1}
