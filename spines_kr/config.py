@@ -67,6 +67,7 @@ class Config:
     multipath: bool = False
     multipath_tolerance: float = 0.1
     multipath_weights: str = "equal"
+    nexthop_objects: str = "auto"  # multipath through kernel nexthop groups: auto|on|off
     prefixes: tuple[str, ...] = ()
     reconcile_interval_s: float = 30.0
     startup_grace_s: float = 5.0
@@ -174,6 +175,10 @@ def build(file_values: dict | None = None, flag_values: dict | None = None) -> C
     if weights not in ("equal", "cost"):
         raise ConfigError(f"multipath_weights: '{weights}' is not one of equal, cost")
     out["multipath_weights"] = weights
+    nh = v.get("nexthop_objects", "auto")
+    if nh not in ("auto", "on", "off"):
+        raise ConfigError(f"nexthop_objects: '{nh}' is not one of auto, on, off")
+    out["nexthop_objects"] = nh
     if "multipath_tolerance" in v:
         out["multipath_tolerance"] = _num("multipath_tolerance", v["multipath_tolerance"], 0, 1)
     levels = tuple(sorted({_int("kernel_levels", x, 0, 3)

@@ -42,7 +42,7 @@ from spines_kr.config import Config
 from spines_kr.daemon import control, logging as dlog
 from spines_kr.daemon.emulation import LinkEmulation
 from spines_kr.daemon.node import Node, Params
-from spines_kr.netlink import events as nlevents
+from spines_kr.netlink import events as nlevents, nexthop
 from spines_kr.netlink.kernel import RouteTable
 from spines_kr.netlink.reconcile import Reconciler
 
@@ -72,6 +72,8 @@ class Daemon:
         self._link_state: dict[int, bool] = {}
         self._unresolved_logged: set[str] = set()
         self._last_desired = None
+        self._nh_table = None
+        self.need_dump = False  # the kernel may hold other routes than we think: re-read it
         self.stop = asyncio.Event()
         self.hold = False  # restart hold: only add missing routes
         self.hold_until = 0.0
@@ -136,8 +138,8 @@ class Daemon:
         loop.add_reader(self.sock.fileno(), self._on_udp)
         loop.add_reader(self.watch.fileno(), self._on_netlink)
         if cfg.kernel_routing:
-            self.reconciler = Reconciler(self.kernel)
-            existing = self.kernel.dump()
+            self.reconciler = Reconciler(self._route_writer())
+            existing = self.reconciler.kernel.dump()
             self.reconciler.installed = existing
             if existing:
                 self.hold = True
@@ -147,6 +149,23 @@ class Daemon:
             loop.call_later(cfg.reconcile_interval_s, self._periodic_reconcile)
         self._resolve_neighbors(now)
         self.control_server = control.serve(self, cfg.control_socket, cfg.control_group)
+
+    def _route_writer(self):
+        """The kernel interface routes are reconciled through: multipath routes as nexthop
+        groups where the kernel has them (``nexthop_objects`` auto/on), classic otherwise."""
+        cfg = self.cfg
+        has_nh = nexthop.probe(self.kernel.sock)
+        use_nh = cfg.multipath and cfg.nexthop_objects != "off" and has_nh
+        if cfg.nexthop_objects == "on" and cfg.multipath and not has_nh:
+            self.log.warning("kernel.no_nexthop_objects", fallback="classic multipath routes")
+        self.log.info("kernel.capabilities", nexthop_objects=has_nh,
+                      multipath="nexthop groups" if use_nh else
+                      ("classic" if cfg.multipath else "off"))
+        if use_nh:
+            self._nh_table = nexthop.NexthopRouteTable(cfg.table, cfg.route_protocol,
+                                                       cfg.route_priority)
+            return self._nh_table
+        return self.kernel
 
     def _udp_socket(self) -> socket.socket:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -171,7 +190,7 @@ class Daemon:
         self.log.info("daemon.stopped")
 
     def _close(self) -> None:
-        for obj in (self.sock, self.watch, self.kernel):
+        for obj in (self.sock, self.watch, self.kernel, self._nh_table):
             if obj is not None:
                 try:
                     obj.close()
@@ -256,11 +275,14 @@ class Daemon:
                 if self._link_state.get(ev.ifindex) != ev.up:
                     self.log.info("interface.up" if ev.up else "interface.down",
                                   ifindex=ev.ifindex, ifname=ev.name)
+                if self._link_state.get(ev.ifindex) != ev.up:
+                    # Linux drops routes and nexthop objects through a link that goes down,
+                    # without telling (see netlink.nexthop), and restores none on link up.
+                    self.need_dump = True
+                    self.synced_version = -1
                 self._link_state[ev.ifindex] = ev.up
                 self.ifnames[ev.ifindex] = ev.name
                 self.node.set_interface(ev.ifindex, ev.up, now)
-                if ev.up:
-                    self.synced_version = -1  # kernel dropped routes via it: full sync
             elif isinstance(ev, nlevents.AddrEvent):
                 resolve = True
             elif isinstance(ev, nlevents.RouteEvent):
@@ -274,8 +296,7 @@ class Daemon:
                 self.log.warning("netlink.overflow", action="full resync")
                 self._refresh_interfaces()
                 resolve = True
-                if self.reconciler is not None:
-                    self.reconciler.installed = self.kernel.dump()
+                self.need_dump = True
                 self.synced_version = -1
         if resolve:
             self.addresses = self.kernel.local_addresses()
@@ -358,6 +379,7 @@ class Daemon:
             self.hold = False
             self.log.info("routes.restart_hold_over", after_s=round(now - (self.hold_until - self.cfg.startup_grace_s), 3))
         t0 = time.perf_counter()
+        full, self.need_dump = full or self.need_dump, False
         try:
             res = self.reconciler.sync(desired, installed=None if full else self.reconciler.installed,
                                        allow_delete=not self.hold,

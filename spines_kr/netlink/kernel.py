@@ -376,6 +376,11 @@ class RouteTable:
                 self._sock.setsockopt(SOL_NETLINK, option, 1)
         self._sock.settimeout(ACK_TIMEOUT)
 
+    @property
+    def sock(self) -> socket.socket:
+        """The NETLINK_ROUTE socket (for capability probes such as ``nexthop.probe``)."""
+        return self._sock
+
     def close(self) -> None:
         self._sock.close()
 
