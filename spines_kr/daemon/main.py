@@ -42,7 +42,7 @@ from spines_kr.config import Config
 from spines_kr.daemon import control, logging as dlog
 from spines_kr.daemon.emulation import LinkEmulation
 from spines_kr.daemon.node import Node, Params
-from spines_kr.netlink import events as nlevents, nexthop
+from spines_kr.netlink import emulation as kernel_emulation, events as nlevents, nexthop
 from spines_kr.netlink.kernel import RouteTable
 from spines_kr.netlink.reconcile import Reconciler
 
@@ -74,6 +74,7 @@ class Daemon:
         self._last_desired = None
         self._nh_table = None
         self.need_dump = False  # the kernel may hold other routes than we think: re-read it
+        self.emulated = False  # setlink touched qdiscs/nftables: clear them at exit
         self.stop = asyncio.Event()
         self.hold = False  # restart hold: only add missing routes
         self.hold_until = 0.0
@@ -184,6 +185,9 @@ class Daemon:
         if self.reconciler is not None:
             res = self.reconciler.sync({})
             self.log.info("routes.withdrawn", deleted=res.deleted, errors=len(res.errors))
+        if self.emulated:
+            removed = kernel_emulation.clear_all(self.cfg.port)
+            self.log.info("link.emulation_cleared", removed=removed)
         if self.control_server is not None:
             await control.close(self.control_server, self.cfg.control_socket)
         self._close()
@@ -444,16 +448,23 @@ class Daemon:
         result = []
         for link in links:
             emu = LinkEmulation(**values)
+            kernel = self._kernel_emulation(link, values, emu)
             link.emulation = emu if emu.active else None
-            kernel = self._kernel_emulation(link, values)
             result.append({"link": f"{link.ifname}:{link.peer_addr}", "daemon": "applied" if emu.active
                            else "cleared", "kernel": kernel})
             self.log.info("link.emulation", link=link.peer_addr, ifname=link.ifname, **values,
                           kernel=kernel)
         return {"links": result}
 
-    def _kernel_emulation(self, link, values: dict):
-        return "not applied (no kernel emulation in this build)"
+    def _kernel_emulation(self, link, values: dict, emu: LinkEmulation) -> str:
+        """Shape the kernel's traffic over the link device (tc/nftables: 10-20 ms, run on the
+        loop), and leave to the kernel what it already applies to our own packets."""
+        self.emulated = True
+        applied = kernel_emulation.apply(link.ifindex, link.ifname or self.ifnames.get(link.ifindex, ""),
+                                         instance=self.cfg.port, **values)
+        for param in applied.daemon_covered:  # e.g. a tbf also paces our hellos
+            setattr(emu, EMULATION_FIELDS[param], 0.0)
+        return applied.summary
 
     # --- status (control socket) ----------------------------------------------------------------
 
@@ -476,6 +487,10 @@ class Daemon:
             "counters": {**dict(sorted(node.counters.items())), **self.stats},
             "lsa_seq": node.seq, "now": round(now, 3),
         }
+
+
+EMULATION_FIELDS = {"bandwidth": "bandwidth_kbps", "latency": "latency_ms", "loss": "loss_pct",
+                    "burst": "burst_pct"}
 
 
 def _ip_or_none(n: int | None) -> str | None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
-import tempfile
+import sys
 
 import pytest
 
@@ -156,5 +157,36 @@ def test_square_gives_one_multipath_route_and_flows_use_both():
         subprocess.run(["ip", "netns", "exec", n1["netns"], "python3", "-c", script], check=True)
         sent = {i: tx_packets(n1["netns"], i) - before[i] for i in before}
         assert all(v >= 100 for v in sent.values()), sent  # both next hops carry flows
+    finally:
+        netns.down(name)
+
+
+def test_setlink_command_shapes_daemon_and_kernel_traffic_and_exit_clears_it():
+    name, st = lab_of(SQUARE)
+    try:
+        n1 = node(st, "n1")
+        ln = next(l for l in st["links"] if {l["a"], l["b"]} == {"n1", "n2"})
+        src, dst = ln["a_address"].split("/")[0], ln["b_address"].split("/")[0]
+        argv, env = netns.exec_argv(name, "n1", [sys.executable, "-m", "spines_kr", "setlink",
+                                                 "2000", "5", "3", "0", src, dst])
+        env["PYTHONPATH"] = netns.child_env()["PYTHONPATH"]
+        out = subprocess.run(argv, env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert "kernel:tbf" in out.stdout and "kernel:nft-drop" in out.stdout, out.stdout
+        qdisc = subprocess.run(["ip", "netns", "exec", n1["netns"], "tc", "qdisc", "show", "dev",
+                                ln["a_ifname"]], capture_output=True, text=True).stdout
+        assert "tbf" in qdisc and "rate 2Mbit" in qdisc
+        # a wrong SOURCE is refused with one line, exit 1
+        argv[-2] = dst
+        bad = subprocess.run(argv, env=env, capture_output=True, text=True)
+        assert bad.returncode == 1 and "not this node" in bad.stderr and bad.stderr.count("\n") == 1
+        # a clean exit removes the qdisc and the nftables table
+        os.kill(n1["pid"], signal.SIGTERM)
+        assert ops.wait(lambda: "tbf" not in subprocess.run(
+            ["ip", "netns", "exec", n1["netns"], "tc", "qdisc", "show", "dev", ln["a_ifname"]],
+            capture_output=True, text=True).stdout, 5) is not None
+        tables = subprocess.run(["ip", "netns", "exec", n1["netns"], "nft", "list", "tables"],
+                                capture_output=True, text=True).stdout
+        assert "spines_kr_" not in tables
     finally:
         netns.down(name)

@@ -63,3 +63,11 @@ def test_cli_usage_errors_exit_2_with_one_line(argv, words, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err and "Traceback" not in err
+
+
+def test_setlink_is_refused_without_m():
+    from spines_kr.daemon.main import Daemon
+    d = Daemon(config.build({"logical_id": "10.0.0.1"}))
+    with pytest.raises(ValueError, match="-m"):
+        d.setlink({"bandwidth_kbps": 0, "latency_ms": 10, "loss_pct": 0, "burst_pct": 0,
+                   "source": "10.0.0.1", "dest": "10.0.0.2"})
