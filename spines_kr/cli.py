@@ -150,10 +150,17 @@ def render(what: str, data) -> str:
         lines += ["counters:"] + [f"  {k:30} {v}" for k, v in counters.items()]
         return "\n".join(lines)
     if what in ("neighbors", "links"):
-        head = f"{'neighbor':15} {'address':15} {'dev':12} {'state':5} {'rtt_ms':>8} {'loss':>6} {'since_s':>9}"
-        rows = [f"{l['neighbor_id'] or '-':15} {l['neighbor_address']:15} {l['ifname']:12} "
+        head = (f"{'neighbor':15} {'address':15} {'dev':12} {'state':5} {'rtt_ms':>8} {'loss':>7} "
+                f"{'cost':>6} {'since_s':>9}  emulation")
+        rows = []
+        for l in data:
+            emu = l.get("emulation") or {}
+            rows.append(
+                f"{l['neighbor_id'] or '-':15} {l['neighbor_address']:15} {l['ifname']:12} "
                 f"{l['state']:5} {l['rtt_ms'] if l['rtt_ms'] is not None else '-':>8} "
-                f"{l['loss']:>6.2%} {l['since_s']:>9.1f}" for l in data]
+                f"{l['loss']:>7.2%} {l['cost'] if l.get('cost') is not None else '-':>6}"
+                f"{'!' if l.get('problematic') else ' '}{l['since_s']:>8.1f}  "
+                + (" ".join(f"{k}={v:g}" for k, v in emu.items() if v) or "-"))
         return "\n".join([head, *rows])
     if what == "routes":
         head = f"{'destination':18} {'cost':>5}  next hops"
