@@ -69,6 +69,10 @@ def _daemon_parser(sub) -> None:
                    help="install multipath routes where next hops tie")
     p.add_argument("--control-socket", help="management socket path")
     p.add_argument("--table", type=int, help="kernel route table (default 254, main)")
+    p.add_argument("--rule-priority", type=int,
+                   help="priority of the policy rule for a table other than main")
+    p.add_argument("--keep-routes", action="store_const", const=True,
+                   help="keep our routes at clean exit (for a restart) instead of withdrawing")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--log-format", choices=("auto", "json", "console"))
     for flag, what in NOT_YET.items():
@@ -88,7 +92,7 @@ def cmd_daemon(args) -> int:
         flags = {k: getattr(args, k) for k in (
             "port", "logical_id", "local_addresses", "neighbors", "metric", "kernel_levels",
             "accept_link_commands", "exit_after", "unicast_only", "log_file", "ipc_path",
-            "control_socket", "table", "log_level", "log_format", "prefixes", "multipath")}
+            "control_socket", "table", "log_level", "log_format", "prefixes", "multipath", "rule_priority", "keep_routes")}
         cfg = config.build(file_values, flags)
     except config.ConfigError as e:
         raise UsageError(f"daemon: {e}") from None

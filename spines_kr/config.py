@@ -63,6 +63,8 @@ class Config:
     table: int = 254
     route_protocol: int = RTPROT_SPINES
     route_priority: int = 20
+    rule_priority: int | None = None  # policy rule for a table other than main (default by table)
+    keep_routes: bool = False  # at clean exit keep our routes (a restart follows), else withdraw
     prefsrc: bool = True
     multipath: bool = False
     multipath_tolerance: float = 0.1
@@ -189,7 +191,7 @@ def build(file_values: dict | None = None, flag_values: dict | None = None) -> C
                           f"(available: {', '.join(map(str, sorted(KERNEL_LEVELS_IMPLEMENTED)))})")
     out["kernel_levels"] = levels
     for key in ("accept_link_commands", "unicast_only", "prefsrc", "multipath",
-                "accept_unknown_neighbors"):
+                "accept_unknown_neighbors", "keep_routes"):
         if key in v:
             out[key] = _bool(key, v[key])
     if v.get("exit_after") is not None:
@@ -218,6 +220,8 @@ def build(file_values: dict | None = None, flag_values: dict | None = None) -> C
         raise ConfigError(f"table: {out['table']} is reserved by the kernel")
     out["route_protocol"] = _int("route_protocol", v.get("route_protocol", RTPROT_SPINES), 5, 255)
     out["route_priority"] = _int("route_priority", v.get("route_priority", 20), 0, 0xFFFFFFFF)
+    if v.get("rule_priority") is not None:
+        out["rule_priority"] = _int("rule_priority", v["rule_priority"], 1, 32765)
     for key, lo, hi in (("reconcile_interval_s", 0.1, 86400), ("startup_grace_s", 0, 3600),
                         ("lsa_refresh_s", 1, 86400), ("lsa_max_age_s", 3, 86400 * 7)):
         if key in v:

@@ -43,10 +43,12 @@ from spines_kr.daemon import control, logging as dlog
 from spines_kr.daemon.emulation import LinkEmulation
 from spines_kr.daemon.node import Node, Params
 from spines_kr.netlink import emulation as kernel_emulation, events as nlevents, nexthop
+from spines_kr.netlink.rules import RuleTable
 from spines_kr.netlink.kernel import RouteTable
 from spines_kr.netlink.reconcile import Reconciler
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+MAIN_TABLE = 254
 IPTOS_PREC_INTERNETCONTROL = 0xC0
 SETTLE_S = 0.3  # routes unchanged this long after all neighbors are up: the restart hold ends
 
@@ -75,6 +77,7 @@ class Daemon:
         self._nh_table = None
         self.need_dump = False  # the kernel may hold other routes than we think: re-read it
         self.emulated = False  # setlink touched qdiscs/nftables: clear them at exit
+        self.rules: RuleTable | None = None
         self.stop = asyncio.Event()
         self.hold = False  # restart hold: only add missing routes
         self.hold_until = 0.0
@@ -139,6 +142,11 @@ class Daemon:
         loop.add_reader(self.sock.fileno(), self._on_udp)
         loop.add_reader(self.watch.fileno(), self._on_netlink)
         if cfg.kernel_routing:
+            if cfg.table != MAIN_TABLE:
+                # Our own table only takes effect through a policy rule of ours.
+                self.rules = RuleTable(cfg.table, cfg.rule_priority, cfg.route_protocol)
+                for change in self.rules.ensure():
+                    self.log.info("rules.changed", change=change)
             self.reconciler = Reconciler(self._route_writer())
             existing = self.reconciler.kernel.dump()
             self.reconciler.installed = existing
@@ -163,8 +171,10 @@ class Daemon:
                       multipath="nexthop groups" if use_nh else
                       ("classic" if cfg.multipath else "off"))
         if use_nh:
+            # Each overlay (port) allocates nexthop ids from its own range.
             self._nh_table = nexthop.NexthopRouteTable(cfg.table, cfg.route_protocol,
-                                                       cfg.route_priority)
+                                                       cfg.route_priority, id_base=cfg.port << 16,
+                                                       id_count=1 << 16)
             return self._nh_table
         return self.kernel
 
@@ -179,12 +189,18 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.node is not None and self.sock is not None:
+        keep = self.cfg.keep_routes
+        if self.node is not None and self.sock is not None and not keep:
             self.node.withdraw(loop.time())
             self._send_outbox()
-        if self.reconciler is not None:
+        if self.reconciler is not None and not keep:
             res = self.reconciler.sync({})
             self.log.info("routes.withdrawn", deleted=res.deleted, errors=len(res.errors))
+            if self.rules is not None:
+                self.rules.remove()
+        elif self.reconciler is not None:
+            self.log.info("routes.kept", routes=len(self.reconciler.installed),
+                          reason="keep_routes: the next daemon takes them over")
         if self.emulated:
             removed = kernel_emulation.clear_all(self.cfg.port)
             self.log.info("link.emulation_cleared", removed=removed)
@@ -194,7 +210,7 @@ class Daemon:
         self.log.info("daemon.stopped")
 
     def _close(self) -> None:
-        for obj in (self.sock, self.watch, self.kernel, self._nh_table):
+        for obj in (self.sock, self.watch, self.kernel, self._nh_table, self.rules):
             if obj is not None:
                 try:
                     obj.close()
