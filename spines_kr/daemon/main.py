@@ -78,6 +78,7 @@ class Daemon:
         self.need_dump = False  # the kernel may hold other routes than we think: re-read it
         self.emulated = False  # setlink touched qdiscs/nftables: clear them at exit
         self.rules: RuleTable | None = None
+        self.capabilities: dict = {}
         self.stop = asyncio.Event()
         self.hold = False  # restart hold: only add missing routes
         self.hold_until = 0.0
@@ -167,9 +168,15 @@ class Daemon:
         use_nh = cfg.multipath and cfg.nexthop_objects != "off" and has_nh
         if cfg.nexthop_objects == "on" and cfg.multipath and not has_nh:
             self.log.warning("kernel.no_nexthop_objects", fallback="classic multipath routes")
-        self.log.info("kernel.capabilities", nexthop_objects=has_nh,
-                      multipath="nexthop groups" if use_nh else
-                      ("classic" if cfg.multipath else "off"))
+        qdiscs = kernel_emulation.probe()
+        self.capabilities = {
+            "nexthop_objects": has_nh,
+            "multipath": "nexthop groups" if use_nh else ("classic" if cfg.multipath else "off"),
+            "policy_rule": cfg.table != MAIN_TABLE,
+            "emulation": {"tbf": qdiscs.tbf, "netem": qdiscs.netem, "nft": qdiscs.nft},
+            "multicast_routing": os.path.exists("/proc/net/ip_mr_vif"),
+        }
+        self.log.info("kernel.capabilities", **self.capabilities)
         if use_nh:
             # Each overlay (port) allocates nexthop ids from its own range.
             self._nh_table = nexthop.NexthopRouteTable(cfg.table, cfg.route_protocol,
@@ -499,6 +506,7 @@ class Daemon:
             "neighbors_up": sum(1 for l in links if l.up), "links": len(node.links),
             "nodes": len(node.lsdb), "routes": len(node.routes()),
             "restart_hold": self.hold, "table": self.cfg.table,
+            "capabilities": self.capabilities,
             "route_protocol": self.cfg.route_protocol,
             "counters": {**dict(sorted(node.counters.items())), **self.stats},
             "lsa_seq": node.seq, "now": round(now, 3),
