@@ -55,7 +55,7 @@ def test_bad_toml_is_one_line(tmp_path):
     (["daemon", "-l", "1.2.3"], "logical_id"),
     (["daemon", "-l", "10.0.0.1", "-d", "239.1.1.1"], "-d"),
     (["daemon", "-l", "10.0.0.1", "-W"], "-W"),
-    (["daemon", "-l", "10.0.0.1", "-k", "2"], "level 2"),
+    (["daemon", "-l", "10.0.0.1", "-k", "7"], "kernel_levels"),
     (["daemon", "-c", "/nonexistent.toml"], "nonexistent"),
     (["frobnicate"], "invalid choice"),
 ])
