@@ -65,6 +65,12 @@ def _daemon_parser(sub) -> None:
     p.add_argument("-c", "--config", help="TOML configuration file (flags win over it)")
     p.add_argument("--prefix", action="append", dest="prefixes",
                    help="announce this prefix (behind this node) to the overlay (repeatable)")
+    p.add_argument("--group", action="append", dest="groups",
+                   help="join this multicast (class D) or anycast (class E) group (repeatable)")
+    p.add_argument("--anypath", action="store_const", const=True,
+                   help="anycast routes to all members at the best cost")
+    p.add_argument("--spines-mappings", action="store_const", const=True,
+                   help="route 247.x.y.z anycast / 227.x.y.z multicast as 10.x.y.z (Spines)")
     p.add_argument("--multipath", action="store_const", const=True,
                    help="install multipath routes where next hops tie")
     p.add_argument("--control-socket", help="management socket path")
@@ -92,7 +98,8 @@ def cmd_daemon(args) -> int:
         flags = {k: getattr(args, k) for k in (
             "port", "logical_id", "local_addresses", "neighbors", "metric", "kernel_levels",
             "accept_link_commands", "exit_after", "unicast_only", "log_file", "ipc_path",
-            "control_socket", "table", "log_level", "log_format", "prefixes", "multipath", "rule_priority", "keep_routes")}
+            "control_socket", "table", "log_level", "log_format", "prefixes", "multipath", "rule_priority", "keep_routes", "groups", "anypath",
+            "spines_mappings")}
         cfg = config.build(file_values, flags)
     except config.ConfigError as e:
         raise UsageError(f"daemon: {e}") from None
@@ -172,6 +179,10 @@ def render(what: str, data) -> str:
             f"via {h['gateway']} dev {h['dev'] or h['ifindex']}" for h in r["nexthops"])
             + ("" if r["installed"] else "  (not installed)") for r in data]
         return "\n".join([head, *rows])
+    if what == "groups":
+        rows = [f"{g['group']:15} {g['kind']:9} {'yes' if g['member'] else 'no':6} "
+                f"{','.join(g['members']) or '-':32} {','.join(g['route_to']) or '-'}" for g in data]
+        return "\n".join([f"{'group':15} {'kind':9} {'member':6} {'members':32} route to", *rows])
     if what == "topology":
         rows = [f"{l['from']:15} -> {l['to']:15} cost {l['cost']}" for l in data["links"]]
         return "\n".join([f"{len(data['nodes'])} nodes, seen from {data['self']}", *rows])
@@ -213,6 +224,35 @@ def cmd_setlink(args) -> int:
     return 0
 
 
+def _join_parsers(sub) -> None:
+    for name, what in (("join", "join a multicast or anycast group"),
+                       ("leave", "leave a group")):
+        p = sub.add_parser(name, help=what, description=f"{what.capitalize()} (class D "
+                           "224.0.0.0/4 multicast, class E 240.0.0.0/4 anycast) on the running daemon.")
+        p.add_argument("group", help="group address")
+        p.add_argument("--socket", help="control socket of the daemon")
+        p.add_argument("-p", "--port", type=int, help="overlay port of the daemon (default 8100)")
+        p.set_defaults(func=cmd_join)
+
+
+def cmd_join(args) -> int:
+    from spines_kr.daemon.control import request
+
+    path = control_path(args)
+    try:
+        reply = request(path, {"cmd": args.command, "group": args.group})
+    except OSError as e:
+        print(f"spines-kr: error: no daemon at {path}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"spines-kr: error: {reply.get('error')}", file=sys.stderr)
+        return 1
+    d = reply["data"]
+    state = "member of" if d["member"] else "not a member of"
+    print(f"{state} {d['group']}" + ("" if d["changed"] else " (already)"))
+    return 0
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="spines-kr", description="Kernel-routing overlay manager.")
     parser.add_argument("--version", action="version", version=f"spines-kr {__version__}")
@@ -220,6 +260,7 @@ def build_parser() -> Parser:
     _daemon_parser(sub)
     _show_parser(sub)
     _setlink_parser(sub)
+    _join_parsers(sub)
     from spines_kr.lab.cli import add_lab_parser
 
     add_lab_parser(sub)

@@ -12,7 +12,10 @@ Spines' daemon flags and their keys here (Spines 5.x meaning):
     -I local_address   local_addresses  addresses to run links from (repeatable)
     -a neighbor        neighbors        neighbor link addresses to create links to (repeatable)
     -w metric          metric           distance|latency|loss|explat|problem
-    -k level           kernel_levels    kernel routing levels (repeatable); 0 = /32 to every node
+    -k level           kernel_levels    kernel routing levels (repeatable): 0 = a /32 to every
+                                        node and prefix routes; 1 = anycast groups (+ gateway);
+                                        2 = multicast groups; 3 = 1 and 2 without delivering at
+                                        the member edge (no group address put on lo)
     -m                 accept_link_commands   accept setlink
     -x seconds         exit_after       exit gracefully after that many seconds
     -U                 unicast_only
@@ -32,9 +35,10 @@ import tomllib
 from dataclasses import dataclass, fields
 
 from spines_kr import RTPROT_SPINES
+from spines_kr.routing.groups import ANYCAST, is_group
 from spines_kr.routing.metrics import ALL_METRICS
 
-KERNEL_LEVELS_IMPLEMENTED = {0}
+KERNEL_LEVELS_IMPLEMENTED = {0, 1, 2, 3}
 
 
 class ConfigError(ValueError):
@@ -71,6 +75,11 @@ class Config:
     multipath_weights: str = "equal"
     nexthop_objects: str = "auto"  # multipath through kernel nexthop groups: auto|on|off
     prefixes: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()  # joined at start (class D multicast, class E anycast)
+    anypath: bool = False  # anycast routes to all members at the best cost
+    spines_mappings: bool = False  # 247.x.y.z / 227.x.y.z routed as 10.x.y.z (Spines -k 1/2)
+    gateway_group: str = "240.220.11.1"
+    igmp_proxy: bool = True  # join/leave groups for hosts on our LANs from their IGMP reports
     reconcile_interval_s: float = 30.0
     startup_grace_s: float = 5.0
     # timers (Spines: 100 ms hellos, dead after 10)
@@ -173,6 +182,18 @@ def build(file_values: dict | None = None, flag_values: dict | None = None) -> C
             raise ConfigError(f"prefixes: '{p}' is not an IPv4 network (address/length with no "
                               f"host bits set)") from None
     out["prefixes"] = tuple(dict.fromkeys(prefixes))
+    groups = []
+    for g in _list("groups", v.get("groups", [])):
+        a = _ipv4("groups", g)
+        if not is_group(a):
+            raise ConfigError(f"groups: {a} is neither a multicast (224.0.0.0/4) nor an anycast "
+                              f"(240.0.0.0/4) group")
+        groups.append(a)
+    out["groups"] = tuple(dict.fromkeys(groups))
+    gw = _ipv4("gateway_group", v.get("gateway_group", "240.220.11.1"))
+    if not is_anycast_addr(gw):
+        raise ConfigError(f"gateway_group: {gw} is not an anycast (class E) address")
+    out["gateway_group"] = gw
     weights = v.get("multipath_weights", "equal")
     if weights not in ("equal", "cost"):
         raise ConfigError(f"multipath_weights: '{weights}' is not one of equal, cost")
@@ -191,7 +212,8 @@ def build(file_values: dict | None = None, flag_values: dict | None = None) -> C
                           f"(available: {', '.join(map(str, sorted(KERNEL_LEVELS_IMPLEMENTED)))})")
     out["kernel_levels"] = levels
     for key in ("accept_link_commands", "unicast_only", "prefsrc", "multipath",
-                "accept_unknown_neighbors", "keep_routes"):
+                "accept_unknown_neighbors", "keep_routes", "anypath", "spines_mappings",
+                "igmp_proxy"):
         if key in v:
             out[key] = _bool(key, v[key])
     if v.get("exit_after") is not None:
@@ -239,6 +261,10 @@ def build(file_values: dict | None = None, flag_values: dict | None = None) -> C
     if cfg.logical_id in cfg.neighbors:
         raise ConfigError(f"neighbors: {cfg.logical_id} is this node's own logical ID")
     return cfg
+
+
+def is_anycast_addr(a: str) -> bool:
+    return ipaddress.IPv4Address(a) in ANYCAST
 
 
 def default_control_socket(port: int) -> str:

@@ -21,8 +21,10 @@ import json
 import os
 import socket
 
+from spines_kr.routing import groups as grp
+
 MAX_REQUEST = 64 * 1024
-SHOW = ("status", "neighbors", "links", "routes", "topology")
+SHOW = ("status", "neighbors", "links", "routes", "topology", "groups")
 
 
 def serve(daemon, path: str, group: str | None = None):
@@ -88,7 +90,10 @@ def answer(daemon, line: bytes) -> dict:
         except ValueError as e:
             return {"ok": False, "error": str(e)}
     if cmd in ("join", "leave"):
-        return {"ok": False, "error": f"{cmd}: not implemented yet"}
+        try:
+            return {"ok": True, "data": daemon.join(str(req.get("group", "")), cmd == "join")}
+        except ValueError as e:
+            return {"ok": False, "error": f"{cmd}: {e}"}
     return {"ok": False, "error": f"unknown command {cmd!r}"}
 
 
@@ -124,8 +129,25 @@ def _topology(d):
                       for a, adj in sorted(graph.items()) for b, c in sorted(adj.items())]}
 
 
+def _groups(d):
+    node = d.node
+    members = node.group_members()
+    node.routes()  # refreshes group_choice
+    out = []
+    for g in sorted(set(members) | node.groups):
+        kind = ("gateway" if g == node.p.gateway_group else
+                "anycast" if grp.is_anycast(g) else "multicast")
+        out.append({"group": _ip(g), "kind": kind,
+                    "members": [_ip(m) for m in sorted(members.get(g, ()))],
+                    "member": g in node.groups,
+                    "route_to": [_ip(m) for m in node.group_choice.get(g, [])],
+                    "route_dst": grp.mapped_dst(g, d.cfg.spines_mappings) if kind != "gateway"
+                    else "0.0.0.0/0"})
+    return out
+
+
 VIEWS = {"status": lambda d: d.status(), "neighbors": _neighbors, "links": _neighbors,
-         "routes": _routes, "topology": _topology}
+         "routes": _routes, "topology": _topology, "groups": _groups}
 
 
 def request(path: str, obj: dict, timeout: float = 5.0) -> dict:

@@ -43,7 +43,9 @@ from spines_kr.daemon import control, logging as dlog
 from spines_kr.daemon.emulation import LinkEmulation
 from spines_kr.daemon.node import Node, Params
 from spines_kr.netlink import emulation as kernel_emulation, events as nlevents, nexthop
+from spines_kr.netlink.addresses import LoopbackAddresses
 from spines_kr.netlink.rules import RuleTable
+from spines_kr.routing import groups as grp
 from spines_kr.netlink.kernel import RouteTable
 from spines_kr.netlink.reconcile import Reconciler
 
@@ -79,6 +81,7 @@ class Daemon:
         self.emulated = False  # setlink touched qdiscs/nftables: clear them at exit
         self.rules: RuleTable | None = None
         self.capabilities: dict = {}
+        self.loopback: LoopbackAddresses | None = None
         self.stop = asyncio.Event()
         self.hold = False  # restart hold: only add missing routes
         self.hold_until = 0.0
@@ -158,6 +161,11 @@ class Daemon:
                               grace_s=cfg.startup_grace_s)
             loop.call_later(cfg.reconcile_interval_s, self._periodic_reconcile)
         self._resolve_neighbors(now)
+        if cfg.kernel_levels:
+            self.loopback = LoopbackAddresses(cfg.route_protocol)
+        for g in cfg.groups:
+            self.node.join(int(ipaddress.IPv4Address(g)), now)
+        self._sync_loopback()
         self.control_server = control.serve(self, cfg.control_socket, cfg.control_group)
 
     def _route_writer(self):
@@ -205,6 +213,8 @@ class Daemon:
             self.log.info("routes.withdrawn", deleted=res.deleted, errors=len(res.errors))
             if self.rules is not None:
                 self.rules.remove()
+            if self.loopback is not None:
+                self.loopback.sync(set())
         elif self.reconciler is not None:
             self.log.info("routes.kept", routes=len(self.reconciler.installed),
                           reason="keep_routes: the next daemon takes them over")
@@ -217,7 +227,7 @@ class Daemon:
         self.log.info("daemon.stopped")
 
     def _close(self) -> None:
-        for obj in (self.sock, self.watch, self.kernel, self._nh_table, self.rules):
+        for obj in (self.sock, self.watch, self.kernel, self._nh_table, self.rules, self.loopback):
             if obj is not None:
                 try:
                     obj.close()
@@ -434,6 +444,43 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self._reconcile(full=True)
         loop.call_later(self.cfg.reconcile_interval_s, self._periodic_reconcile)
+
+    # --- groups (control socket) ----------------------------------------------------------------
+
+    def _delivered_locally(self) -> set[str]:
+        """Addresses this node puts on lo: its anycast groups at level 1 (not at level 3,
+        Spines' "without edge"), mapped when Spines' mappings are on."""
+        levels = set(self.cfg.kernel_levels)
+        if 1 not in levels or 3 in levels:
+            return set()
+        return {grp.mapped_dst(g, self.cfg.spines_mappings).split("/")[0]
+                for g in self.node.groups
+                if grp.is_anycast(g) and g != self.node.p.gateway_group}
+
+    def _sync_loopback(self) -> None:
+        if self.loopback is None:
+            return
+        try:
+            added, removed = self.loopback.sync(self._delivered_locally())
+        except OSError as e:
+            self.log.error("groups.loopback_failed", error=str(e))
+            return
+        if added or removed:
+            self.log.info("groups.loopback", added=added, removed=removed)
+
+    def join(self, group: str, joined: bool = True) -> dict:
+        try:
+            g = ipaddress.IPv4Address(group)
+        except ValueError:
+            raise ValueError(f"'{group}' is not an IPv4 address") from None
+        if not grp.is_group(g):
+            raise ValueError(f"{g} is neither a multicast (224.0.0.0/4) nor an anycast "
+                             f"(240.0.0.0/4) group")
+        now = asyncio.get_running_loop().time()
+        changed = (self.node.join if joined else self.node.leave)(int(g), now)
+        self._sync_loopback()
+        self._after_event()
+        return {"group": str(g), "member": joined, "changed": changed}
 
     # --- setlink (control socket) ---------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from spines_kr.daemon.neighbors import Link, State
 from spines_kr.routing import lsdb as lsdbmod
 from spines_kr.routing.metrics import MEASURED, CostTracker, graph_cost
 from spines_kr.routing.model import NextHop, RouteSet
+from spines_kr.routing import groups as grp
 from spines_kr.routing.routes import node_routes, prefix_routes
 from spines_kr.routing.spf import spf
 from spines_kr.wire import packets as wire
@@ -57,6 +58,10 @@ class Params:
     multipath_tolerance: float = 0.0  # measured metrics: next hops within this share of the best
     multipath_weights: str = "equal"
     prefixes: tuple[tuple[int, int, int], ...] = ()  # (network, prefixlen, metric) we announce
+    kernel_levels: tuple[int, ...] = (0,)  # 0 nodes and prefixes, 1 anycast, 2 mapped multicast
+    anypath: bool = False
+    spines_mappings: bool = False
+    gateway_group: int | None = None
 
     @classmethod
     def from_config(cls, cfg, prefsrc: str | None = None) -> Params:
@@ -71,7 +76,10 @@ class Params:
                    multipath_weights=cfg.multipath_weights,
                    prefixes=tuple(sorted(
                        (int(n.network_address), n.prefixlen, 0)
-                       for n in map(ipaddress.IPv4Network, cfg.prefixes))))
+                       for n in map(ipaddress.IPv4Network, cfg.prefixes))),
+                   kernel_levels=cfg.kernel_levels, anypath=cfg.anypath,
+                   spines_mappings=cfg.spines_mappings,
+                   gateway_group=int(ipaddress.IPv4Address(cfg.gateway_group)))
 
 
 class Node:
@@ -96,6 +104,8 @@ class Node:
         self._hello_round = now  # hellos of all links go out together: one wakeup per round
         self._metric_code = wire.METRIC_CODES[params.metric]
         self._mismatch_logged: set[tuple[int, str]] = set()
+        self.groups: set[int] = set()  # groups this node belongs to
+        self.group_choice: dict[int, list[int]] = {}  # group -> members its route goes to
         self._originate(now, force=True)
 
     # --- links ----------------------------------------------------------------------------------
@@ -182,9 +192,8 @@ class Node:
     def _originate(self, now: float, force: bool = False, links=None) -> None:
         links = self._own_links() if links is None else links
         own = self.lsdb.lsas.get(self.id)
-        candidate = wire.LSA.make(self.id, self.seq + 1, links, self.p.prefixes)
-        if not force and own is not None and (own.links, own.prefixes) == (candidate.links,
-                                                                           candidate.prefixes):
+        candidate = wire.LSA.make(self.id, self.seq + 1, links, self.p.prefixes, self.groups)
+        if not force and own is not None and _body(own) == _body(candidate):
             return
         self.seq += 1
         self.lsdb.install(candidate, now)
@@ -192,9 +201,27 @@ class Node:
         self._flood(candidate, exclude=None)
         self.routes_version += 1
 
+    def join(self, group: int, now: float) -> bool:
+        """Join a group (class D or E); True if that changed anything."""
+        if group in self.groups:
+            return False
+        self.groups.add(group)
+        self.events.append(("group.joined", {"group": _ip(group)}))
+        self._originate(now)
+        return True
+
+    def leave(self, group: int, now: float) -> bool:
+        if group not in self.groups:
+            return False
+        self.groups.discard(group)
+        self.events.append(("group.left", {"group": _ip(group)}))
+        self._originate(now)
+        return True
+
     def withdraw(self, now: float) -> None:
         """Clean exit: tell the overlay we have no links, so it reroutes without waiting."""
         self.p = dataclasses.replace(self.p, prefixes=())
+        self.groups = set()
         self._originate(now, force=True, links=[])
         self._flush(now)
 
@@ -302,7 +329,7 @@ class Node:
                 self.lsdb.install(lsa, now)
                 self._implicit_ack(link, lsa)
                 self._flood(lsa, exclude=link)
-                if before is None or (before.links, before.prefixes) != (lsa.links, lsa.prefixes):
+                if before is None or _body(before) != _body(lsa):
                     self.routes_version += 1
             elif order == lsdbmod.SAME:
                 self._implicit_ack(link, lsa)
@@ -411,9 +438,34 @@ class Node:
                                  weights=self.p.multipath_weights)
             for dst, route in prefix_routes(self.lsdb.lsas, self.id, routes, result).items():
                 routes.setdefault(dst, route)
+            self._group_routes(routes, result)
             self._routes = routes
             self._routes_at = self.routes_version
         return self._routes
+
+    def _group_routes(self, routes: RouteSet, result) -> None:
+        """Anycast (level 1), mapped multicast (level 2) and gateway routes, added to
+        ``routes`` (node and prefix routes win on a clash)."""
+        p = self.p
+        levels = set(p.kernel_levels)
+        if not levels & {1, 2, 3}:
+            self.group_choice = {}
+            return
+        ms = grp.members(self.lsdb.lsas, set(result) | {self.id})
+        group_routes, self.group_choice = grp.anycast_routes(
+            ms, result, routes, self.id, anypath=p.anypath, mappings=p.spines_mappings,
+            gateway_group=p.gateway_group, multicast_mapped=bool(levels & {2, 3}))
+        if levels & {1, 3}:
+            gw, chosen = grp.gateway_routes(ms, result, routes, self.id, p.gateway_group,
+                                            p.anypath)
+            group_routes.update(gw)
+            if chosen:
+                self.group_choice[p.gateway_group] = chosen
+        for dst, route in group_routes.items():
+            routes.setdefault(dst, route)
+
+    def group_members(self) -> dict[int, set[int]]:
+        return grp.members(self.lsdb.lsas, set(self.spf()) | {self.id})
 
     def nexthops_by_neighbor(self) -> dict[int, list[NextHop]]:
         out: dict[int, list[tuple[int, NextHop]]] = {}
@@ -422,6 +474,11 @@ class Node:
                 cost = graph_cost(link.cost.advertised or 0)
                 out.setdefault(link.peer_id, []).append((cost, NextHop(link.peer_addr, link.ifindex)))
         return {n: [nh for _, nh in sorted(hops)] for n, hops in out.items()}
+
+
+def _body(lsa: wire.LSA) -> tuple:
+    """What an LSA says, apart from its sequence number."""
+    return (lsa.links, lsa.prefixes, lsa.groups)
 
 
 def _us(now: float) -> int:
