@@ -108,7 +108,11 @@ def cmd_daemon(args) -> int:
               file=sys.stderr)
     from spines_kr.daemon.main import run
 
-    return run(cfg)
+    def reload_config():
+        """SIGHUP: the file again, the same flags on top."""
+        return config.build(config.load_file(args.config) if args.config else {}, flags)
+
+    return run(cfg, reload_config)
 
 
 def _show_parser(sub) -> None:

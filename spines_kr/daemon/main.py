@@ -40,6 +40,7 @@ import time
 
 from spines_kr.config import Config
 from spines_kr.daemon import control, logging as dlog
+from spines_kr.daemon.sdnotify import Notifier
 from spines_kr.daemon.emulation import LinkEmulation
 from spines_kr.daemon.node import Node, Params
 from spines_kr.netlink import emulation as kernel_emulation, events as nlevents, nexthop
@@ -61,9 +62,19 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
 
 
+# Changing these needs a restart; a reload keeps the running values and says so.
+RESTART_ONLY = ("port", "logical_id", "table", "route_protocol", "route_priority", "rule_priority",
+                "control_socket", "control_group", "ipc_path", "kernel_levels", "log_file",
+                "log_format")
+HEARTBEAT_S = 2.0  # STATUS= updates; WATCHDOG=1 at least twice per WatchdogSec
+
+
 class Daemon:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, reload_config=None):
         self.cfg = cfg
+        self.reload_config = reload_config  # () -> Config, re-reading the file (SIGHUP)
+        self.notify = Notifier()
+        self._last_status = ""
         self.log = None
         self.started = time.monotonic()
         self.node: Node | None = None
@@ -102,6 +113,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.call_soon(self._reload))
         try:
             self._open(loop)
         except OSError as e:
@@ -119,8 +131,11 @@ class Daemon:
         if cfg.exit_after is not None:
             loop.call_later(cfg.exit_after, self.stop.set)
         self._after_event()
+        self.notify.ready(self._status_line())
+        self._heartbeat()
         await self.stop.wait()
         self.log.info("daemon.stopping")
+        self.notify.send("STOPPING=1")
         await self._shutdown()
         return ExitCode.OK
 
@@ -224,6 +239,7 @@ class Daemon:
         if self.control_server is not None:
             await control.close(self.control_server, self.cfg.control_socket)
         self._close()
+        self.notify.close()
         self.log.info("daemon.stopped")
 
     def _close(self) -> None:
@@ -445,6 +461,70 @@ class Daemon:
         self._reconcile(full=True)
         loop.call_later(self.cfg.reconcile_interval_s, self._periodic_reconcile)
 
+    # --- systemd: status, watchdog, reload --------------------------------------------------------
+
+    def _status_line(self) -> str:
+        node = self.node
+        up = sum(1 for l in node.links.values() if l.up)
+        installed = len(self.reconciler.installed) if self.reconciler is not None else 0
+        hold = ", restart hold" if self.hold else ""
+        return (f"{up}/{len(node.links)} neighbors up, {len(node.lsdb)} nodes, "
+                f"{installed} routes installed{hold}")
+
+    def _heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
+        status = self._status_line()
+        if status != self._last_status:
+            self.notify.status(status)
+            self._last_status = status
+        if self.notify.watchdog_s:
+            self.notify.watchdog()
+        period = HEARTBEAT_S if not self.notify.watchdog_s else min(HEARTBEAT_S,
+                                                                   self.notify.watchdog_s / 2)
+        loop.call_later(period, self._heartbeat)
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the configuration and apply what can change without a restart
+        (neighbors, metric, timers, prefixes, groups of the config, multipath, log level), keeping
+        every route that stays valid."""
+        import dataclasses
+
+        from spines_kr.config import ConfigError
+
+        if self.reload_config is None:
+            self.log.warning("config.reload_ignored", reason="no configuration to re-read")
+            return
+        self.notify.send("RELOADING=1",
+                         f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            new = self.reload_config()
+        except ConfigError as e:
+            self.log.error("config.reload_failed", error=str(e), action="kept the running config")
+            self.notify.ready(self._status_line())
+            return
+        old = self.cfg
+        kept = [k for k in RESTART_ONLY if getattr(old, k) != getattr(new, k)]
+        new = dataclasses.replace(new, **{k: getattr(old, k) for k in kept})
+        changed = [f.name for f in dataclasses.fields(new) if getattr(old, f.name) != getattr(new, f.name)]
+        self.cfg = new
+        now = asyncio.get_running_loop().time()
+        node = self.node
+        node.reconfigure(Params.from_config(new, node.p.prefsrc), now)
+        for key, link in list(node.links.items()):
+            if link.configured and link.peer_addr not in new.neighbors:
+                node.remove_link(key, now)
+        self._resolve_neighbors(now)
+        for g in set(old.groups) - set(new.groups):
+            node.leave(int(ipaddress.IPv4Address(g)), now)
+        for g in set(new.groups) - set(old.groups):
+            node.join(int(ipaddress.IPv4Address(g)), now)
+        self._sync_loopback()
+        if new.log_level != old.log_level:
+            self.log = dlog.setup(new.log_level, new.log_format, new.log_file)
+        self.log.info("config.reloaded", changed=changed, needs_restart=kept)
+        self._after_event()
+        self.notify.ready(self._status_line())
+
     # --- groups (control socket) ----------------------------------------------------------------
 
     def _delivered_locally(self) -> set[str]:
@@ -568,8 +648,8 @@ def _ip_or_none(n: int | None) -> str | None:
     return None if n is None else str(ipaddress.IPv4Address(n))
 
 
-def run(cfg: Config) -> int:
+def run(cfg: Config, reload_config=None) -> int:
     try:
-        return asyncio.run(Daemon(cfg).run())
+        return asyncio.run(Daemon(cfg, reload_config).run())
     except KeyboardInterrupt:
         return ExitCode.OK

@@ -201,6 +201,20 @@ class Node:
         self._flood(candidate, exclude=None)
         self.routes_version += 1
 
+    def reconfigure(self, params: Params, now: float) -> None:
+        """Apply new parameters (a config reload) without dropping links that stay valid: a new
+        metric restarts the cost of every link; prefixes and timers take effect at once."""
+        old, self.p = self.p, params
+        if params.metric != old.metric:
+            self._metric_code = wire.METRIC_CODES[params.metric]
+            self._mismatch_logged.clear()
+            for link in self.links.values():
+                if link.up:
+                    link.cost = CostTracker(params.metric)
+                    link.cost.update(link.measure(), now)
+        self._originate(now)
+        self.routes_version += 1
+
     def join(self, group: int, now: float) -> bool:
         """Join a group (class D or E); True if that changed anything."""
         if group in self.groups:

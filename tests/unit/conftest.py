@@ -9,7 +9,7 @@ import pytest
 def no_daemon(monkeypatch):
     import spines_kr.daemon.main as daemon_main
 
-    def refuse(cfg):
+    def refuse(cfg, *args, **kwargs):
         raise AssertionError("a unit test tried to start a daemon (would bind sockets in this "
                              "namespace); use a lab test")
 
