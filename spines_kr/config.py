@@ -92,7 +92,9 @@ class Config:
 
     @property
     def kernel_routing(self) -> bool:
-        return 0 in self.kernel_levels
+        """Any kernel level: the daemon reconciles a route table (level 0 adds node and
+        prefix routes to it, levels 1-3 group routes)."""
+        return bool(self.kernel_levels)
 
 
 FIELDS = {f.name: f for f in fields(Config)}

@@ -93,6 +93,7 @@ class Daemon:
         self.rules: RuleTable | None = None
         self.capabilities: dict = {}
         self.loopback: LoopbackAddresses | None = None
+        self.multicast = None
         self.stop = asyncio.Event()
         self.hold = False  # restart hold: only add missing routes
         self.hold_until = 0.0
@@ -178,6 +179,12 @@ class Daemon:
         self._resolve_neighbors(now)
         if cfg.kernel_levels:
             self.loopback = LoopbackAddresses(cfg.route_protocol)
+        if 2 in cfg.kernel_levels:
+            from spines_kr.daemon.multicast import Multicast
+
+            self.multicast = Multicast(self)
+            self.multicast.sync_vifs()
+            loop.add_reader(self.multicast.fileno(), self._on_mroute)
         for g in cfg.groups:
             self.node.join(int(ipaddress.IPv4Address(g)), now)
         self._sync_loopback()
@@ -243,7 +250,8 @@ class Daemon:
         self.log.info("daemon.stopped")
 
     def _close(self) -> None:
-        for obj in (self.sock, self.watch, self.kernel, self._nh_table, self.rules, self.loopback):
+        for obj in (self.sock, self.watch, self.kernel, self._nh_table, self.rules, self.loopback,
+                    self.multicast):
             if obj is not None:
                 try:
                     obj.close()
@@ -354,6 +362,15 @@ class Daemon:
         if resolve:
             self.addresses = self.kernel.local_addresses()
             self._resolve_neighbors(now)
+            if self.multicast is not None:
+                self.multicast.refresh()
+        self._after_event()
+
+    def loop_time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _on_mroute(self) -> None:
+        self.multicast.on_readable()
         self._after_event()
 
     def _send_outbox(self) -> None:
@@ -453,6 +470,8 @@ class Daemon:
         for err in res.errors[:5]:
             self.log.warning("routes.write_failed", dst=err.route.dst, op=err.op, error=err.message)
         self.synced_version = -1 if (res.errors or self.hold) else version
+        if self.multicast is not None:
+            self.multicast.refresh()
         if res.errors:
             loop.call_later(1.0, self._after_event)  # failed writes retry on the next pass
 

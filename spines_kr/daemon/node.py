@@ -452,19 +452,21 @@ class Node:
                                  weights=self.p.multipath_weights)
             for dst, route in prefix_routes(self.lsdb.lsas, self.id, routes, result).items():
                 routes.setdefault(dst, route)
-            self._group_routes(routes, result)
+            group_dsts = self._group_routes(routes, result)
+            if 0 not in self.p.kernel_levels:  # group routes only
+                routes = {d: r for d, r in routes.items() if d in group_dsts}
             self._routes = routes
             self._routes_at = self.routes_version
         return self._routes
 
-    def _group_routes(self, routes: RouteSet, result) -> None:
+    def _group_routes(self, routes: RouteSet, result) -> set[str]:
         """Anycast (level 1), mapped multicast (level 2) and gateway routes, added to
         ``routes`` (node and prefix routes win on a clash)."""
         p = self.p
         levels = set(p.kernel_levels)
         if not levels & {1, 2, 3}:
             self.group_choice = {}
-            return
+            return set()
         ms = grp.members(self.lsdb.lsas, set(result) | {self.id})
         group_routes, self.group_choice = grp.anycast_routes(
             ms, result, routes, self.id, anypath=p.anypath, mappings=p.spines_mappings,
@@ -477,6 +479,7 @@ class Node:
                 self.group_choice[p.gateway_group] = chosen
         for dst, route in group_routes.items():
             routes.setdefault(dst, route)
+        return set(group_routes)
 
     def group_members(self) -> dict[int, set[int]]:
         return grp.members(self.lsdb.lsas, set(self.spf()) | {self.id})

@@ -125,3 +125,72 @@ def gateway_routes(group_members: Mapping[int, set[int]], spf_result: SpfResult,
     targets = nearest(gateways, spf_result, self_id, anypath)
     route = _route_via("0.0.0.0/0", targets, node_routes)
     return ({route.dst: route} if route else {}), targets
+
+
+def tree_parents(graph: Mapping[int, Mapping[int, int]], root: int) -> dict[int, int]:
+    """The shortest-path tree from ``root``: node -> parent.  Among equal-cost parents the
+    lowest id wins, so every node computing it from the same LSDB gets the same tree."""
+    import heapq
+
+    dist = {root: 0}
+    parent: dict[int, int] = {}
+    done: set[int] = set()
+    heap = [(0, root)]
+    while heap:
+        d, u = heapq.heappop(heap)
+        if u in done:
+            continue
+        done.add(u)
+        for v, c in graph.get(u, {}).items():
+            nd = d + c
+            if v not in dist or nd < dist[v] or (nd == dist[v] and u < parent.get(v, u + 1)):
+                if v in done:
+                    continue
+                dist[v] = nd
+                parent[v] = u
+                heapq.heappush(heap, (nd, v))
+    return parent
+
+
+def tree_role(graph: Mapping[int, Mapping[int, int]], root: int, self_id: int,
+              group_members: set[int]) -> tuple[int | None, set[int], bool]:
+    """This node's place in the multicast tree of a source at ``root``: (its parent, or None at
+    the root; the children whose subtree holds a member; whether it is on the tree at all)."""
+    parent = tree_parents(graph, root)
+    if self_id != root and self_id not in parent:
+        return None, set(), False
+    children: dict[int, list[int]] = {}
+    for v, p in parent.items():
+        children.setdefault(p, []).append(v)
+    wanted: dict[int, bool] = {}
+
+    def has_member(n: int) -> bool:  # iterative post-order, no recursion limit
+        stack = [(n, False)]
+        while stack:
+            x, expanded = stack.pop()
+            if x in wanted:
+                continue
+            kids = children.get(x, [])
+            if expanded or not kids:
+                wanted[x] = x in group_members or any(wanted[k] for k in kids)
+            else:
+                stack.append((x, True))
+                stack.extend((k, False) for k in kids if k not in wanted)
+        return wanted[n]
+
+    kids = {c for c in children.get(self_id, []) if has_member(c)}
+    return parent.get(self_id), kids, True
+
+
+def source_node(lsas: Mapping, source: int) -> int | None:
+    """The node a multicast source address belongs to: a node's logical ID, else the node
+    announcing the longest prefix that holds it."""
+    if source in lsas:
+        return source
+    best = None
+    for origin, lsa in lsas.items():
+        for net, plen, _m in lsa.prefixes:
+            mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF if plen else 0
+            if source & mask == net and (best is None or plen > best[0]):
+                best = (plen, origin)
+    return None if best is None else best[1]

@@ -71,3 +71,27 @@ def test_join_and_leave_flood_and_move_the_route():
     sim.nodes[3].leave(G, sim.now)
     assert sim.run_until(lambda: (sim.nodes[1].routes(), sim.nodes[1].group_choice.get(G))[1]
                          == [sim.ids[4]], 1) is not None
+
+
+def test_multicast_tree_roles_on_a_ring():
+    # ring 1-2-3-5-4-1, unit costs; source at 1; members 3 and 5
+    g = {1: {2: 1, 4: 1}, 2: {1: 1, 3: 1}, 3: {2: 1, 5: 1}, 5: {3: 1, 4: 1}, 4: {5: 1, 1: 1}}
+    assert grp.tree_parents(g, 1) == {2: 1, 4: 1, 3: 2, 5: 4}
+    assert grp.tree_role(g, 1, 1, {3, 5}) == (None, {2, 4}, True)
+    assert grp.tree_role(g, 1, 2, {3, 5}) == (1, {3}, True)
+    assert grp.tree_role(g, 1, 4, {3}) == (1, set(), True)  # n4's subtree has no member
+    assert grp.tree_role(g, 1, 9, {3}) == (None, set(), False)
+
+
+def test_tree_ties_break_to_the_lowest_parent():
+    g = {1: {2: 1, 3: 1}, 2: {1: 1, 4: 1}, 3: {1: 1, 4: 1}, 4: {2: 1, 3: 1}}
+    assert grp.tree_parents(g, 1)[4] == 2
+
+
+def test_source_node_by_logical_id_or_longest_prefix():
+    lsas = {5: LSA.make(5, 1, prefixes=[(0x0AD20000, 16, 0)]),
+            6: LSA.make(6, 1, prefixes=[(0x0AD20100, 24, 0)])}
+    assert grp.source_node(lsas, 5) == 5
+    assert grp.source_node(lsas, 0x0AD20102) == 6
+    assert grp.source_node(lsas, 0x0AD20202) == 5
+    assert grp.source_node(lsas, 0x0B000001) is None
