@@ -75,11 +75,12 @@ def kernel_form(route: Route) -> Route:
 
 
 def diff(desired: RouteSet, installed: RouteSet) -> Plan:
-    replace = [
-        desired[dst]
-        for dst in sorted(desired)
-        if dst not in installed or kernel_form(desired[dst]) != kernel_form(installed[dst])
-    ]
+    replace = []
+    for dst in sorted(desired):
+        want, have = desired[dst], installed.get(dst)
+        # Equal routes (the common case of a big, steady table) skip the kernel_form copies.
+        if have is None or (want != have and kernel_form(want) != kernel_form(have)):
+            replace.append(want)
     delete = [installed[dst] for dst in sorted(installed) if dst not in desired]
     return Plan(replace, delete)
 

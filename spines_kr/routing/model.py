@@ -44,9 +44,28 @@ class Route:
         if not self.nexthops:
             raise ValueError(f"route {self.dst} has no next hop")
 
+    @classmethod
+    def trusted(cls, dst: str, nexthops: tuple[NextHop, ...], prefsrc: str | None = None) -> Route:
+        """A Route from values already in normal form, skipping ``__post_init__`` (~0.4 µs
+        instead of ~4 µs): ``dst`` as ``str(IPv4Network(dst))`` writes it, ``nexthops`` a sorted
+        non-empty tuple.  For values decoded from the kernel, where a dump of a big table would
+        spend most of its time normalising what is already normal; anything else uses Route().
+        """
+        route = object.__new__(cls)
+        _set_dst(route, dst)
+        _set_nexthops(route, nexthops)
+        _set_prefsrc(route, prefsrc)
+        return route
+
     @property
     def multipath(self) -> bool:
         return len(self.nexthops) > 1
+
+
+# The slots' own setters: Route is frozen, and these are what its __init__ writes through.
+_set_dst = Route.dst.__set__
+_set_nexthops = Route.nexthops.__set__
+_set_prefsrc = Route.prefsrc.__set__
 
 
 RouteSet = dict[str, Route]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 
 import pytest
 
+from spines_kr.netlink import kernel
 from spines_kr.netlink.kernel import RouteTable
 from spines_kr.netlink.nsenter import NetnsError, socket_in_netns
 from spines_kr.netlink.reconcile import Reconciler
@@ -157,3 +159,66 @@ def test_socket_in_netns_leaves_the_thread_where_it_was(netns):
     with pytest.raises(NetnsError, match="does not exist"):
         RouteTable(netns=netns + "-missing")
 
+
+
+class CountingSocket:
+    """The table's socket, counting the datagrams sent through it."""
+
+    def __init__(self, sock):
+        self._sock, self.sends = sock, 0
+
+    def send(self, data):
+        self.sends += 1
+        return self._sock.send(data)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def hosts(veth, n: int) -> list[Route]:
+    return [Route(f"10.{100 + i // 65536}.{i // 256 % 256}.{i % 256}/32", via(veth, 2 + i % 3))
+            for i in range(n)]
+
+
+def test_5000_routes_in_several_datagrams_and_failures_by_seq(netns, veth, table):
+    routes = hosts(veth, 5000)
+    # First and last of the first datagram (the last one carries its ack), first of the second,
+    # one in the middle, the very last.
+    for i in (0, kernel.ROUTE_BATCH - 1, kernel.ROUTE_BATCH, 2500, 4999):
+        routes[i] = Route(routes[i].dst, (NextHop("192.168.1.1", veth.ifindex),))
+    bad = [r for r in routes if r.nexthops[0].gateway == "192.168.1.1"]
+    table._sock = counting = CountingSocket(table.sock)
+    errors = table.apply(routes, [])
+    assert counting.sends >= 5
+    assert [e.route for e in errors] == bad
+    assert all(e.op == "replace" and e.errno == errno.ENETUNREACH and e.message for e in errors)
+    good = route_set(r for r in routes if r not in bad)
+    assert ip_routes(netns) == good == table.dump()
+    assert table.apply([], routes) == []  # the five never installed: ESRCH, success
+    assert table.dump() == {} == ip_routes(netns)
+
+
+def test_a_small_receive_buffer_makes_smaller_datagrams_not_lost_errors(netns, veth, table):
+    table.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)  # 128 KiB: 157 answers
+    table._sock = counting = CountingSocket(table.sock)
+    unreachable = [Route(r.dst, (NextHop("192.168.1.1", veth.ifindex),))
+                   for r in hosts(veth, 1000)]
+    errors = table.apply(unreachable, [])
+    assert [(e.route, e.errno) for e in errors] == [(r, errno.ENETUNREACH) for r in unreachable]
+    assert counting.sends >= 1000 * kernel.ACK_ROOM // (1 << 17)
+
+
+def test_lost_answers_are_failures_and_the_next_batch_is_not_confused(netns, veth, table,
+                                                                      monkeypatch):
+    table.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)  # 157 answers
+    monkeypatch.setattr(kernel, "ACK_ROOM", 1)  # as if answers took no room: they overrun
+    unreachable = [Route(r.dst, (NextHop("192.168.1.1", veth.ifindex),))
+                   for r in hosts(veth, 1000)]
+    errors = table.apply(unreachable, [])
+    assert [e.route for e in errors] == unreachable
+    codes = {e.errno for e in errors}
+    assert codes == {errno.ENETUNREACH, errno.ENOBUFS}
+    monkeypatch.undo()
+    good = route_set(hosts(veth, 10))
+    assert table.apply(list(good.values()), []) == []
+    assert table.dump() == good == ip_routes(netns)
