@@ -121,6 +121,8 @@ def _show_parser(sub) -> None:
     p = sub.add_parser("show", help="ask the running daemon")
     p.add_argument("what", choices=SHOW)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--dot", action="store_true", help="topology: print Graphviz DOT")
+    p.add_argument("--png", metavar="FILE", help="topology: render a picture (needs Graphviz)")
     p.add_argument("--socket", help="control socket of the daemon")
     p.add_argument("-p", "--port", type=int, help="overlay port of the daemon (default 8100)")
     p.set_defaults(func=cmd_show)
@@ -150,10 +152,36 @@ def cmd_show(args) -> int:
         print(f"spines-kr: error: {reply.get('error')}", file=sys.stderr)
         return 1
     data = reply["data"]
+    if (args.dot or args.png) and args.what != "topology":
+        raise UsageError("show: --dot and --png draw the topology only")
+    if args.dot or args.png:
+        return _draw(data, args)
     if args.json:
         print(json.dumps(data, indent=2))
     else:
         print(render(args.what, data))
+    return 0
+
+
+def _draw(topo: dict, args) -> int:
+    import shutil
+    import subprocess
+
+    from spines_kr.viz import to_dot
+
+    dot = to_dot(topo)
+    if args.dot:
+        print(dot, end="")
+    if args.png:
+        if shutil.which("dot") is None:
+            print("spines-kr: error: --png needs Graphviz's dot (apt install graphviz)",
+                  file=sys.stderr)
+            return 1
+        out = subprocess.run(["dot", "-Tpng", "-o", args.png], input=dot, text=True,
+                             capture_output=True)
+        if out.returncode != 0:
+            print(f"spines-kr: error: dot failed: {out.stderr.strip()}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -96,3 +96,23 @@ def test_reload_changes_neighbors_without_dropping_unrelated_routes(tmp_path):
             except subprocess.TimeoutExpired:
                 proc.kill()
         netns.down(name)
+
+
+def test_show_topology_png_draws_the_overlay(tmp_path):
+    import shutil
+    if shutil.which("dot") is None:
+        pytest.skip("Graphviz not installed")
+    name = f"sktest{os.urandom(3).hex()}"
+    try:
+        st = netns.up(topology.demo(), name)
+        assert ops.wait_converged(st, 15) is not None
+        png = tmp_path / "overlay.png"
+        argv, env = netns.exec_argv(name, "n1", [sys.executable, "-m", "spines_kr", "show",
+                                                 "topology", "--png", str(png), "--dot"])
+        env["PYTHONPATH"] = netns.child_env()["PYTHONPATH"]
+        out = subprocess.run(argv, env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert all(f'"{n["logical_id"]}"' in out.stdout for n in st["nodes"])
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        netns.down(name)
