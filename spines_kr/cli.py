@@ -74,6 +74,8 @@ def _daemon_parser(sub) -> None:
     p.add_argument("--multipath", action="store_const", const=True,
                    help="install multipath routes where next hops tie")
     p.add_argument("--control-socket", help="management socket path")
+    p.add_argument("--metrics-listen", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics there (off by default)")
     p.add_argument("--table", type=int, help="kernel route table (default 254, main)")
     p.add_argument("--rule-priority", type=int,
                    help="priority of the policy rule for a table other than main")
@@ -99,7 +101,7 @@ def cmd_daemon(args) -> int:
             "port", "logical_id", "local_addresses", "neighbors", "metric", "kernel_levels",
             "accept_link_commands", "exit_after", "unicast_only", "log_file", "ipc_path",
             "control_socket", "table", "log_level", "log_format", "prefixes", "multipath", "rule_priority", "keep_routes", "groups", "anypath",
-            "spines_mappings")}
+            "spines_mappings", "metrics_listen")}
         cfg = config.build(file_values, flags)
     except config.ConfigError as e:
         raise UsageError(f"daemon: {e}") from None

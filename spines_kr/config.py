@@ -79,6 +79,7 @@ class Config:
     anypath: bool = False  # anycast routes to all members at the best cost
     spines_mappings: bool = False  # 247.x.y.z / 227.x.y.z routed as 10.x.y.z (Spines -k 1/2)
     gateway_group: str = "240.220.11.1"
+    metrics_listen: str = ""  # Prometheus endpoint "ADDRESS:PORT" (off when empty)
     igmp_proxy: bool = True  # join/leave groups for hosts on our LANs from their IGMP reports
     reconcile_interval_s: float = 30.0
     startup_grace_s: float = 5.0
@@ -235,6 +236,12 @@ def build(file_values: dict | None = None, flag_values: dict | None = None) -> C
     out["log_format"] = fmt
     out["ipc_path"] = v.get("ipc_path") or f"/tmp/spines{out['port']}"
     out["control_socket"] = v.get("control_socket") or default_control_socket(out["port"])
+    listen = v.get("metrics_listen", "")
+    if listen:
+        host, _, port = str(listen).rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"metrics_listen: '{listen}' is not ADDRESS:PORT (e.g. 127.0.0.1:9181)")
+    out["metrics_listen"] = listen
     for key in ("ipc_path", "control_socket"):
         if not isinstance(out[key], str):
             raise ConfigError(f"{key}: expected a path")

@@ -94,6 +94,7 @@ class Daemon:
         self.capabilities: dict = {}
         self.loopback: LoopbackAddresses | None = None
         self.multicast = None
+        self.metrics_server = None
         self.stop = asyncio.Event()
         self.hold = False  # restart hold: only add missing routes
         self.hold_until = 0.0
@@ -117,6 +118,10 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.call_soon(self._reload))
         try:
             self._open(loop)
+            if cfg.metrics_listen:
+                from spines_kr.daemon import prometheus
+
+                self.metrics_server = await prometheus.serve(self, cfg.metrics_listen)
         except OSError as e:
             reason = e.strerror or str(e)
             if e.errno == errno.EADDRINUSE:
@@ -245,6 +250,8 @@ class Daemon:
             self.log.info("link.emulation_cleared", removed=removed)
         if self.control_server is not None:
             await control.close(self.control_server, self.cfg.control_socket)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self._close()
         self.notify.close()
         self.log.info("daemon.stopped")

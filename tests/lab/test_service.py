@@ -116,3 +116,37 @@ def test_show_topology_png_draws_the_overlay(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         netns.down(name)
+
+
+def test_prometheus_endpoint_serves_the_status_counters(tmp_path):
+    name = f"sktest{os.urandom(3).hex()}"
+    proc = None
+    try:
+        st = netns.up(topology.demo(), name)
+        assert ops.wait_converged(st, 15) is not None
+        n1 = st["nodes"][0]
+        os.kill(n1["pid"], signal.SIGTERM)
+        assert ops.wait(lambda: not netns.status(name)["nodes"][0]["alive"], 10) is not None
+        with open(os.path.join(st["state_dir"], "state.json")) as f:
+            argv = next(n for n in json.load(f)["nodes"] if n["name"] == "n1")["argv"]
+        argv = [a if a != n1["control_socket"] else str(tmp_path / "ctl") for a in argv]
+        proc = subprocess.Popen(["ip", "netns", "exec", n1["netns"], *argv,
+                                 "--metrics-listen", "127.0.0.1:9181"], env=netns.child_env())
+        assert ops.wait(lambda: ops.converged(st), 15) is not None
+        script = ("import urllib.request;print(urllib.request.urlopen("
+                  "'http://127.0.0.1:9181/metrics', timeout=5).read().decode())")
+        out = ""
+        def scrape():
+            nonlocal out
+            r = subprocess.run(["ip", "netns", "exec", n1["netns"], sys.executable, "-c", script],
+                               capture_output=True, text=True)
+            out = r.stdout
+            return "spines_kr_neighbors_up 2" in out
+        assert ops.wait(scrape, 10, interval=0.2) is not None, out
+        assert "# TYPE spines_kr_packets_received_total counter" in out
+        assert 'spines_kr_link_rtt_seconds{neighbor="' in out
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+        netns.down(name)
