@@ -95,6 +95,7 @@ class Daemon:
         self.loopback: LoopbackAddresses | None = None
         self.multicast = None
         self.metrics_server = None
+        self.log_limit = dlog.RateLimiter()  # per (event, link): no log storm on a flapping link
         self.stop = asyncio.Event()
         self.hold = False  # restart hold: only add missing routes
         self.hold_until = 0.0
@@ -412,8 +413,10 @@ class Daemon:
         loop = asyncio.get_running_loop()
         node = self.node
         self._send_outbox()
+        now = loop.time()
         for name, fields in node.events:
-            self.log.info(name, **fields)
+            if "link" not in fields or self.log_limit.allow((name, fields["link"]), now):
+                self.log.info(name, **fields)
         node.events.clear()
         if self.reconciler is not None and node.routes_version != self.synced_version \
                 and not self.sync_pending:
@@ -499,6 +502,9 @@ class Daemon:
 
     def _heartbeat(self) -> None:
         loop = asyncio.get_running_loop()
+        for (event, link), n in self.log_limit.summaries(loop.time()):
+            self.log.warning("log.suppressed", suppressed_event=event, link=link, count=n,
+                             window_s=self.log_limit.window, hint="the link is flapping")
         status = self._status_line()
         if status != self._last_status:
             self.notify.status(status)
