@@ -1,10 +1,16 @@
 """``spines-kr lab ...``: the namespace lab from the command line.
 
-Entry point: ``add_lab_parser(subparsers)`` adds ``lab`` with ``up``, ``down``, ``status`` and
-``exec``; each sets ``func`` to a handler ``(args) -> int``.  Handlers print errors as one line
-``spines-kr: error: ...`` on stderr (plus indented context lines when a daemon failed) and return
-2 for topology/usage problems, 1 for runtime failures (``status``: also when a daemon is not
-alive), 0 otherwise; they never raise.
+Entry point: ``add_lab_parser(subparsers)`` adds ``lab`` with ``up``, ``down``, ``status``,
+``exec``, ``restart`` and ``demo``; each sets ``func`` to a handler ``(args) -> int``.  Handlers
+print errors as one line ``spines-kr: error: ...`` on stderr (plus indented context lines when a
+daemon failed) and return 2 for topology/usage problems (also a clash with an overlay already in
+the namespaces: ``netns.LabConflict``), 1 for runtime failures (``status``: also when a daemon is
+not alive), 0 otherwise; they never raise.
+
+Several overlays: ``lab up TOPO --name LAB2 --join LAB --port 8200`` runs a second overlay in
+LAB's namespaces (route table 8200, the port; topology defaults of the next free overlay slot:
+see ``netns``); ``lab down --name LAB2`` removes only it; ``lab down --name LAB`` takes the labs
+joined to LAB down first.  ``lab restart --name LAB NODE [--kill]`` restarts one daemon.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ def _guard(fn):
     def handler(args) -> int:
         try:
             return fn(args)
-        except TopologyError as e:
+        except (TopologyError, netns.LabConflict) as e:
             return _error(str(e), EXIT_USAGE)
         except netns.LabError as e:
             return _error(str(e), EXIT_RUNTIME)
@@ -55,11 +61,16 @@ def cmd_up(args) -> int:
         return _error(problem, EXIT_USAGE)
     if args.port is not None and not 1 <= args.port <= 65535:
         return _error(f"--port: {args.port} is out of range 1..65535", EXIT_USAGE)
-    topo = load(args.topology)
-    st = netns.up(topo, args.name, port=args.port)
+    if args.join is not None and (problem := _valid_name(args.join)):
+        return _error(f"--join: {problem}", EXIT_USAGE)
+    slot = netns.join_slot(args.join) if args.join else 0
+    topo = load(args.topology, slot=slot)
+    st = netns.up(topo, args.name, port=args.port, join=args.join, keep_routes=args.keep_routes)
     hosts = f", {len(st['hosts'])} hosts" if st["hosts"] else ""
-    print(f"lab {st['name']} up: {len(st['nodes'])} nodes, {len(st['links'])} links{hosts}, "
-          f"state in {st['state_dir']}")
+    joined = (f", joined to lab {st['join']} (port {st['port']}, table {st['table']})"
+              if st["join"] else "")
+    print(f"lab {st['name']} up: {len(st['nodes'])} nodes, {len(st['links'])} links{hosts}"
+          f"{joined}, state in {st['state_dir']}")
     _print_status(st)
     return EXIT_OK
 
@@ -76,9 +87,15 @@ def cmd_down(args) -> int:
         print(f"warning: {w}", file=sys.stderr)
     for p in r["problems"]:
         print(f"spines-kr: error: {p}", file=sys.stderr)
+    for other in r["joined_down"]:
+        print(f"lab {other} (joined to {args.name}) taken down first")
+    for what in r["kernel_cleaned"]:
+        print(f"removed what a daemon left: {what}")
     if r["found"]:
+        own = (f", {len(r['links_deleted'])} links deleted, {len(r['addresses_removed'])} "
+               f"addresses removed" if r["links_deleted"] or r["addresses_removed"] else "")
         print(f"lab {args.name} down: {len(r['stopped'])} daemons stopped, "
-              f"{len(r['killed'])} killed, {len(r['netns_deleted'])} namespaces deleted"
+              f"{len(r['killed'])} killed, {len(r['netns_deleted'])} namespaces deleted{own}"
               + (", rt_protos name file removed" if r["rt_protos_removed"] else ""))
     return EXIT_RUNTIME if r["problems"] else EXIT_OK
 
@@ -116,8 +133,11 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(st, indent=2))
     else:
-        print(f"lab {st['name']} ({st['phase']}, port {st['port']}, metric {st['metric']}, "
-              f"state in {st['state_dir']})")
+        table = "main" if st["table"] == netns.MAIN_TABLE else st["table"]
+        joined = f", joined to lab {st['join']}" if st["join"] else ""
+        others = f", overlays joined: {', '.join(st['joined'])}" if st["joined"] else ""
+        print(f"lab {st['name']} ({st['phase']}, port {st['port']}, table {table}, metric "
+              f"{st['metric']}{joined}{others}, state in {st['state_dir']})")
         _print_status(st)
     return EXIT_OK if all(n["alive"] for n in st["nodes"]) else EXIT_RUNTIME
 
@@ -163,9 +183,17 @@ def add_lab_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("topology", metavar="TOPOLOGY", help="topology TOML file")
     p.add_argument("--name", required=True, metavar="LAB", help="lab name (namespace prefix)")
     p.add_argument("--port", type=int, help="overlay port (default: the topology's, else 8100)")
+    p.add_argument("--join", metavar="BASE",
+                   help="run this overlay in the namespaces of lab BASE (nodes matched by name; "
+                        "its own links, logical IDs and route table = its port; needs a --port "
+                        "BASE does not use)")
+    p.add_argument("--keep-routes", action="store_true",
+                   help="daemons keep their routes at a clean exit (a SIGTERM restart keeps "
+                        "them too)")
     p.set_defaults(func=cmd_up)
 
-    p = sub.add_parser("down", help="stop the daemons and remove everything the lab created")
+    p = sub.add_parser("down", help="stop the daemons and remove everything the lab created "
+                                    "(first the labs joined to it)")
     p.add_argument("--name", required=True, metavar="LAB")
     p.set_defaults(func=cmd_down)
 

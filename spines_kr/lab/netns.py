@@ -1,8 +1,11 @@
 """Namespace lab: build a Topology on one machine, one network namespace and one daemon per node.
 
 Entry points:
-    up(topology, lab, *, port=None, daemon=daemon_argv, timeout=15.0) -> status dict
+    up(topology, lab, *, port=None, daemon=daemon_argv, timeout=15.0, join=None,
+       keep_routes=False) -> status dict
     status(lab) -> dict          down(lab) -> report dict     exec_argv(lab, node_or_host, cmd)
+    restart(lab, node, *, kill=False) -> status dict          (one node's daemon)
+    join_slot(base) -> int       joined_labs(base) -> [names]
     daemon_argv(**spec) -> argv  (the daemon command line; tests pass a stand-in with its signature)
 
 What a lab is made of:
@@ -18,13 +21,41 @@ What a lab is made of:
         the daemon's), in its own session, output appended to ``<node>.out``; it is told the
         node's link addresses (-I, never the LAN's), neighbours and advertised prefixes (--prefix);
     ``/etc/iproute2/rt_protos.d/spines.conf`` if it was missing (the "spines" protocol name).
+    With ``keep_routes`` every daemon gets ``--keep-routes``: a clean exit (SIGTERM, so also
+    ``restart`` without ``kill``) leaves its routes for the next daemon to take over.
+
+Several overlays on one set of namespaces: ``up(..., join=BASE)`` runs a second, independent
+overlay in the namespaces of lab BASE (a lab of its own, phase up).  It creates no namespace:
+    nodes are matched by name (each must be a node of BASE; BASE's other nodes take no part);
+    overlay slot k (1..9, ``topology.MAX_SLOT``): the topology must be parsed with
+        ``slot=join_slot(BASE)`` (``lab up --join`` does it), the lowest slot no other lab joined
+        to BASE holds; its defaults are logical IDs 10.(100+k).0.<i>, link_subnet
+        10.(200+k).0.0/16 and link interface names ``o<k>-<peer>`` (see ``topology``);
+    a second loopback identity per node: its logical ID as another /32 on lo;
+    its own links: veth pairs between BASE's namespaces, as the topology says;
+    its own route table: the overlay's port (``--table PORT``; 8200 -> table 8200), so the port
+        must differ from BASE's and every other joined lab's, and not be 253..255 (reserved
+        tables).  The daemon installs the policy rule ``lookup PORT`` (protocol spines, priority
+        by the daemon's default for the table) and removes it at a clean exit; BASE's daemons
+        use main (254), without a rule;
+    its daemons' control sockets, logs and IPC paths in its own state directory; no hosts.
+Before anything is made, ``up`` refuses (``LabConflict``) a node BASE does not have, a port or
+slot another overlay there uses, a logical ID, link /30 or prefix overlapping an address, link
+or prefix of BASE or of another joined lab, and any planned interface name, lo address or table
+(routes or rules) already present in a namespace.
+``down`` of a joined lab stops its daemons, then removes what they may have left in its table
+(routes, rules, nexthop objects in its port's id range, all protocol spines: a killed or
+keep-routes daemon leaves them), its links and its lo addresses: nothing of BASE.  ``down`` of
+BASE first takes down every lab joined to it (they live in its namespaces), then itself.
 
 State: ``/run/spines-kr/lab/<LAB>/state.json`` is written before anything is created and rewritten
 (atomically) as things are made, so ``down`` can always finish the job, whatever happened::
 
     {"version": 1, "name", "state_dir", "phase": planned|building|starting|up, "created",
      "port", "metric", "rt_protos": none|preexisting|installing|installed,
-     "netns": [names: the nodes', then the hosts'],
+     "table": 254 | the port (joined), "join": null | "BASE", "slot": 0 | 1..9,
+     "keep_routes": bool,
+     "netns": [names the lab created: the nodes', then the hosts' (none when joined)],
      "nodes": [{"name", "netns", "logical_id", "addresses", "neighbors", "prefixes",
                 "lan": null | {"ifname", "address": "10.210.0.1/24"}, "argv", "log", "out",
                 "ipc", "control_socket", "pid", "start_time"}],
@@ -57,8 +88,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+from ipaddress import IPv4Interface, IPv4Network
+
 import spines_kr
-from spines_kr.lab.topology import HOST_IFNAME, LAN_BRIDGE, Topology
+from spines_kr import RTPROT_SPINES
+from spines_kr.lab.topology import HOST_IFNAME, LAN_BRIDGE, MAX_SLOT, Topology
 
 STATE_ROOT = Path("/run/spines-kr/lab")
 NETNS_DIR = Path("/run/netns")
@@ -69,6 +103,14 @@ KILL_TIMEOUT = 2.0
 POLL = 0.02
 LAB_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 REPO_ROOT = Path(spines_kr.__file__).resolve().parent.parent
+MAIN_TABLE = 254
+RESERVED_TABLES = (0, 253, 254, 255)  # unspec, default, main, local
+
+
+def nexthop_id_range(port: int) -> range:
+    """The nexthop object ids the daemon of overlay ``port`` allocates from (daemon/main.py:
+    ``id_base=port << 16``, ``id_count=1 << 16``)."""
+    return range(port << 16, (port + 1) << 16)
 
 _CHILDREN: dict[int, subprocess.Popen] = {}  # daemons this process spawned, reaped by us
 
@@ -81,11 +123,19 @@ class LabNotFound(LabError):
     """No state directory for that lab name."""
 
 
+class LabConflict(LabError):
+    """The request clashes with what is there: a port, slot, address, interface or table of
+    another overlay in the same namespaces, or a node the joined lab does not have."""
+
+
 def daemon_argv(*, port: int, logical_id: str, local_addresses: list[str], neighbors: list[str],
                 metric: str, log_file: str, ipc_path: str, control_socket: str,
-                prefixes: list[str] = (), multipath: bool = False) -> list[str]:
+                prefixes: list[str] = (), multipath: bool = False, table: int = MAIN_TABLE,
+                keep_routes: bool = False, groups: list[str] = (),
+                kernel_levels: tuple[int, ...] = (0,), anypath: bool = False) -> list[str]:
     """The command line of one node's daemon (run inside its namespace); ``prefixes`` are the
-    networks it advertises (``--prefix``, repeated; none when empty)."""
+    networks it advertises (``--prefix``, repeated; none when empty); ``table`` its route table
+    (``--table`` when not main), ``keep_routes`` adds ``--keep-routes``."""
     argv = [sys.executable, "-m", "spines_kr", "daemon", "-p", str(port), "-l", logical_id]
     for a in local_addresses:
         argv += ["-I", a]
@@ -95,7 +145,17 @@ def daemon_argv(*, port: int, logical_id: str, local_addresses: list[str], neigh
         argv += ["--prefix", p]
     if multipath:
         argv.append("--multipath")
-    return argv + ["-k", "0", "-m", "-w", metric, "-lf", log_file, "-ud", ipc_path,
+    if table != MAIN_TABLE:
+        argv += ["--table", str(table)]
+    if keep_routes:
+        argv.append("--keep-routes")
+    for g in groups:
+        argv += ["--group", g]
+    if anypath:
+        argv.append("--anypath")
+    for level in kernel_levels:
+        argv += ["-k", str(level)]
+    return argv + ["-m", "-w", metric, "-lf", log_file, "-ud", ipc_path,
                    "--control-socket", control_socket]
 
 
@@ -118,6 +178,18 @@ def _run(argv: list[str]) -> str:
         why = (r.stderr or r.stdout).strip() or f"status {r.returncode}"
         raise LabError(f"{' '.join(argv)}: {why}")
     return r.stdout
+
+
+def _ip_json(*args: str) -> list:
+    return json.loads(_run(["ip", "-j", *args]) or "[]")
+
+
+def _table_routes(ns: str, table: str, proto: str | None = None) -> list[dict]:
+    """IPv4 routes of ``table`` in ``ns`` (of ``proto`` only, if given); a table that was never
+    made has none (``ip route show table T`` fails on it: "FIB table does not exist")."""
+    return [r for r in _ip_json("-4", "-n", ns, "route", "show", "table", "all")
+            if str(r.get("table", MAIN_TABLE)) == table
+            and (proto is None or str(r.get("protocol")) in (proto, "spines"))]
 
 
 def _netns_exists(ns: str) -> bool:
@@ -281,24 +353,43 @@ def _remove_rt_protos(state: dict) -> bool:
 # -- up ----------------------------------------------------------------------------------------
 
 def plan(topology: Topology, lab: str, *, port: int | None = None,
-         daemon: Callable[..., list[str]] = daemon_argv) -> dict:
-    """The state document of a lab that is about to be built (pure apart from the clock)."""
+         daemon: Callable[..., list[str]] = daemon_argv, join: dict | None = None,
+         keep_routes: bool = False) -> dict:
+    """The state document of a lab that is about to be built (pure apart from the clock);
+    ``join`` is the state of the lab whose namespaces it joins."""
     sdir = state_dir(lab)
     port = topology.port if port is None else port
+    table = port if join else MAIN_TABLE
+    base_ns = {n["name"]: n["netns"] for n in join["nodes"]} if join else {}
     nodes = []
-    for n in topology.nodes:
+    for i, n in enumerate(topology.nodes):
+        if join and n.name not in base_ns:
+            raise LabConflict(f"node[{i}].name: {n.name!r} is not a node of lab {join['name']!r} "
+                              f"(nodes: {', '.join(base_ns)})")
         ends = [ln.end(n.name) for ln in topology.links_of(n.name)]
         files = {k: str(sdir / f"{n.name}.{k}") for k in ("log", "out", "ipc", "ctl")}
         spec = dict(port=port, logical_id=str(n.logical_id),
                     local_addresses=[str(e[1].ip) for e in ends],
                     neighbors=[str(e[3].ip) for e in ends], metric=topology.metric,
                     log_file=files["log"], ipc_path=files["ipc"], control_socket=files["ctl"])
-        if n.advertised:  # only then, so a stand-in without the keyword still fits
+        # optional keywords only when set, so a stand-in without them still fits
+        if n.advertised:
             spec["prefixes"] = [str(p) for p in n.advertised]
         if topology.multipath:
             spec["multipath"] = True
+        if n.groups:
+            spec["groups"] = [str(g) for g in n.groups]
+        if topology.kernel_levels != (0,):
+            spec["kernel_levels"] = topology.kernel_levels
+        if topology.anypath:
+            spec["anypath"] = True
+        if table != MAIN_TABLE:
+            spec["table"] = table
+        if keep_routes:
+            spec["keep_routes"] = True
         lan = {"ifname": LAN_BRIDGE, "address": str(n.lan)} if n.lan else None
-        nodes.append({"name": n.name, "netns": f"{lab}-{n.name}", "logical_id": str(n.logical_id),
+        nodes.append({"name": n.name, "netns": base_ns.get(n.name, f"{lab}-{n.name}"),
+                      "logical_id": str(n.logical_id),
                       "addresses": spec["local_addresses"], "neighbors": spec["neighbors"],
                       "prefixes": spec.get("prefixes", []), "lan": lan,
                       "argv": daemon(**spec), "log": files["log"], "out": files["out"],
@@ -315,32 +406,156 @@ def plan(topology: Topology, lab: str, *, port: int | None = None,
              for h in topology.hosts]
     return {"version": 1, "name": lab, "state_dir": str(sdir), "phase": "planned",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "port": port,
-            "metric": topology.metric, "rt_protos": "none",
-            "netns": [m["netns"] for m in nodes + hosts], "nodes": nodes, "links": links,
-            "hosts": hosts}
+            "metric": topology.metric, "rt_protos": "none", "table": table,
+            "join": join["name"] if join else None, "slot": topology.slot,
+            "keep_routes": keep_routes,
+            "netns": [] if join else [m["netns"] for m in nodes + hosts], "nodes": nodes,
+            "links": links, "hosts": hosts}
+
+
+def joined_labs(lab: str) -> list[str]:
+    """Names of the labs joined to ``lab`` (their state says ``"join": lab``), sorted."""
+    names = []
+    for sj in sorted(STATE_ROOT.glob("*/state.json")):
+        try:
+            if json.loads(sj.read_text()).get("join") == lab:
+                names.append(sj.parent.name)
+        except (OSError, ValueError):
+            continue
+    return names
+
+
+def join_slot(base: str) -> int:
+    """The overlay slot for a lab about to join ``base``: the lowest of 1..MAX_SLOT that no lab
+    joined to it holds.  Parse the joining topology with it (``topology.parse(..., slot=)``)."""
+    state = _load(base)
+    if state.get("join"):
+        raise LabConflict(f"lab {base!r} is itself joined to lab {state['join']!r}; "
+                          f"join {state['join']!r} instead")
+    used = set()
+    for name in joined_labs(base):
+        with contextlib.suppress(LabError):
+            used.add(_load(name).get("slot"))
+    for k in range(1, MAX_SLOT + 1):
+        if k not in used:
+            return k
+    raise LabConflict(f"lab {base!r} has {MAX_SLOT} overlays joined to it already")
+
+
+def _claims(state: dict) -> list[tuple[IPv4Network, str]]:
+    """Every network a lab's overlay uses, with what it is: logical IDs, links, prefixes, LANs."""
+    out, lab = [], state["name"]
+    for n in state["nodes"]:
+        out.append((IPv4Network(f"{n['logical_id']}/32"),
+                    f"logical ID of node {n['name']} in lab {lab!r}"))
+        out += [(IPv4Network(p), f"prefix of node {n['name']} in lab {lab!r}")
+                for p in n.get("prefixes", [])]
+        if n.get("lan"):
+            out.append((IPv4Interface(n["lan"]["address"]).network,
+                        f"LAN of node {n['name']} in lab {lab!r}"))
+    out += [(IPv4Interface(ln["a_address"]).network,
+             f"link {ln['a']}-{ln['b']} of lab {lab!r}") for ln in state["links"]]
+    out += [(IPv4Network(h["prefix"]), f"host {h['name']} of lab {lab!r}")
+            for h in state.get("hosts", [])]
+    return out
+
+
+def _check_join(state: dict, base: dict) -> None:
+    """Refuse (``LabConflict``) a joined lab that would clash with its base or a sibling, by
+    their states, then by what the kernel holds in the namespaces.  Called under ``_lock``."""
+    join, port, slot = base["name"], state["port"], state["slot"]
+    if base.get("join"):
+        raise LabConflict(f"lab {join!r} is itself joined to lab {base['join']!r}; "
+                          f"join {base['join']!r} instead")
+    if base.get("phase") != "up":
+        raise LabError(f"lab {join!r} is not up (phase {base.get('phase')}); bring it up or "
+                       f"take it down first")
+    siblings = []
+    for name in joined_labs(join):
+        with contextlib.suppress(LabNotFound):
+            siblings.append(_load(name))
+    if not 1 <= slot <= MAX_SLOT:
+        raise LabConflict(f"the topology was parsed for a lab of its own (slot {slot}); a lab "
+                          f"joining {join!r} needs slot=join_slot({join!r}) (lab up --join "
+                          f"does it)")
+    for sib in siblings:
+        if sib.get("slot") == slot:
+            raise LabConflict(f"overlay slot {slot} is taken by lab {sib['name']!r}, joined to "
+                              f"{join!r}; parse the topology with slot=join_slot({join!r})")
+    for other in (base, *siblings):
+        if other["port"] == port:
+            raise LabConflict(f"port {port} is the overlay port of lab {other['name']!r} in the "
+                              f"same namespaces; give the joined overlay its own (--port)")
+    if port in RESERVED_TABLES:
+        raise LabConflict(f"port {port}: a joined overlay's route table is its port, and table "
+                          f"{port} is reserved; use another port")
+    taken = [c for other in (base, *siblings) for c in _claims(other)]
+    for net, what in _claims(state):
+        for other, where in taken:
+            if net.overlaps(other):
+                raise LabConflict(f"{what} {net} overlaps the {where} ({other})")
+    # The kernel: nothing we are about to make may be there already.
+    table = str(state["table"])
+    ifnames = {}
+    for ln in state["links"]:
+        for side in ("a", "b"):
+            ifnames.setdefault(ln[side], []).append(ln[f"{side}_ifname"])
+    for n in state["nodes"]:
+        ns = n["netns"]
+        if not _netns_exists(ns):
+            raise LabError(f"network namespace {ns} of lab {join!r} does not exist")
+        ifaces = _ip_json("-n", ns, "addr", "show")
+        have = {i["ifname"] for i in ifaces}
+        clash = sorted(have & set(ifnames.get(n["name"], [])))
+        if clash:
+            raise LabConflict(f"interface {clash[0]} exists already in {ns}")
+        local = {a.get("local") for i in ifaces for a in i.get("addr_info", [])}
+        if n["logical_id"] in local:
+            raise LabConflict(f"address {n['logical_id']} (logical ID of {n['name']}) is already "
+                              f"on an interface in {ns}")
+        if _table_routes(ns, table):
+            raise LabConflict(f"route table {table} in {ns} is not empty; another overlay uses "
+                              f"it? (the joined overlay's table is its port)")
+        if any(str(r.get("table")) == table for r in _ip_json("-n", ns, "rule", "show")):
+            raise LabConflict(f"a policy rule in {ns} looks up table {table} already")
 
 
 def up(topology: Topology, lab: str, *, port: int | None = None,
-       daemon: Callable[..., list[str]] = daemon_argv, timeout: float = READY_TIMEOUT) -> dict:
+       daemon: Callable[..., list[str]] = daemon_argv, timeout: float = READY_TIMEOUT,
+       join: str | None = None, keep_routes: bool = False) -> dict:
     """Build the lab and start its daemons; return ``status(lab)`` once every control socket
-    accepts a connection.  On any failure (or interrupt) everything is torn down again."""
-    state = plan(topology, lab, port=port, daemon=daemon)
+    accepts a connection.  On any failure (or interrupt) everything is torn down again.
+    ``join``: run the overlay in the namespaces of that lab (see the module's doc)."""
+    _check_name(lab)
+    base = None
+    if join is not None:
+        _check_name(join)
+        if join == lab:
+            raise LabConflict(f"lab {lab!r} cannot join itself")
+        try:
+            base = _load(join)
+        except LabNotFound as e:
+            raise LabNotFound(f"cannot join: {e}") from None
+    state = plan(topology, lab, port=port, daemon=daemon, join=base, keep_routes=keep_routes)
     sdir = Path(state["state_dir"])
     if (sdir / "state.json").exists():
         raise LabError(f"lab {lab!r} exists ({sdir}); run 'spines-kr lab down --name {lab}' first")
-    taken = [ns for ns in state["netns"] if _netns_exists(ns)]
-    if taken:
-        raise LabError(f"network namespace {taken[0]} already exists and is not part of a lab "
-                       f"state; refusing to touch it")
-    STATE_ROOT.mkdir(parents=True, exist_ok=True)
+    with _lock():  # the checks and the first save, atomically with respect to other labs
+        if base is not None:
+            _check_join(state, base)
+        taken = [ns for ns in state["netns"] if _netns_exists(ns)]
+        if taken:
+            raise LabError(f"network namespace {taken[0]} already exists and is not part of a "
+                           f"lab state; refusing to touch it")
+        try:
+            sdir.mkdir()
+        except FileExistsError:
+            raise LabError(f"lab {lab!r}: {sdir} exists; run 'spines-kr lab down --name {lab}' "
+                           f"first") from None
+        _save(state)
     try:
-        sdir.mkdir()
-    except FileExistsError:
-        raise LabError(f"lab {lab!r}: {sdir} exists; run 'spines-kr lab down --name {lab}' "
-                       f"first") from None
-    _save(state)
-    try:
-        _install_rt_protos(state)
+        if base is None:  # a joined lab lives inside its base, which holds the name file
+            _install_rt_protos(state)
         state["phase"] = "building"
         _save(state)
         _build(state)
@@ -361,12 +576,13 @@ def up(topology: Topology, lab: str, *, port: int | None = None,
 def _build(state: dict) -> None:
     for node in state["nodes"]:
         ns = node["netns"]
-        _run(["ip", "netns", "add", ns])
-        _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
-              "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
-              # multipath: spread flows by ports too (the default policy 0 hashes addresses only)
-              "net.ipv4.fib_multipath_hash_policy=1"])
-        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        if not state.get("join"):  # a joined lab's namespaces are its base's, set up already
+            _run(["ip", "netns", "add", ns])
+            _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+                  "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
+                  # multipath: spread flows by ports too (the default policy 0 hashes addresses)
+                  "net.ipv4.fib_multipath_hash_policy=1"])
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
         _run(["ip", "-n", ns, "addr", "add", f"{node['logical_id']}/32", "dev", "lo"])
     netns = {n["name"]: n["netns"] for n in state["nodes"]}
     for ln in state["links"]:
@@ -418,8 +634,10 @@ def _start(state: dict, nodes: list[dict] | None = None) -> None:
 
 
 def restart(lab: str, node: str, *, kill: bool = False, timeout: float = READY_TIMEOUT) -> dict:
-    """Restart one node's daemon: SIGTERM (a clean exit), or SIGKILL with ``kill`` (a crash),
-    then start it again with the same arguments and wait until it is ready."""
+    """Restart one node's daemon: SIGTERM (a clean exit: it withdraws its routes, unless the lab
+    was made with ``keep_routes``), or SIGKILL with ``kill`` (a crash: the routes stay), then
+    start it again with the same arguments and wait until it is ready.  A daemon that finds
+    routes of its own at start keeps them until the overlay has converged."""
     state = _load(lab)
     found = [n for n in state["nodes"] if n["name"] == node]
     if not found:
@@ -505,7 +723,9 @@ def _log_excerpt(node: dict) -> str:
 def status(lab: str) -> dict:
     """What the lab is and whether each daemon still runs (``LabNotFound`` if there is none)::
 
-        {"name", "state_dir", "phase", "port", "metric",
+        {"name", "state_dir", "phase", "port", "metric", "table" (254: main), "join" (null or
+         the lab whose namespaces it runs in), "joined" (labs joined to this one), "slot",
+         "keep_routes",
          "nodes": [{"name", "netns", "logical_id", "prefixes" (advertised), "lan" (null or
                     "10.210.0.1/24"), "pid", "alive", "log", "control_socket"}],
          "links": [{"a", "b", "a_ifname", "b_ifname", "a_address", "b_address"}],
@@ -522,7 +742,10 @@ def status(lab: str) -> dict:
               "prefix": h["prefix"], "gateway": h["gateway"], "attach": h["attach"]}
              for h in state["hosts"]]
     return {"name": state["name"], "state_dir": state["state_dir"], "phase": state["phase"],
-            "port": state["port"], "metric": state["metric"], "nodes": nodes,
+            "port": state["port"], "metric": state["metric"],
+            "table": state.get("table", MAIN_TABLE), "join": state.get("join"),
+            "joined": joined_labs(lab), "slot": state.get("slot", 0),
+            "keep_routes": state.get("keep_routes", False), "nodes": nodes,
             "links": state["links"], "hosts": hosts}
 
 
@@ -552,13 +775,21 @@ def exec_argv(lab: str, member: str, command: list[str]) -> tuple[list[str], dic
 
 
 def down(lab: str) -> dict:
-    """Stop the lab's daemons, delete its namespaces (nodes' and hosts'), the rt_protos file if it was the last lab to
-    claim it, and its state directory.  Idempotent.  Returns a report:
-    ``{"name", "found", "stopped", "killed", "netns_deleted", "rt_protos_removed", "problems",
-    "warnings"}``; the state directory is kept (for a retry) only when ``problems`` is not empty."""
+    """Stop the lab's daemons and remove everything it created, and its state directory.
+    Idempotent.  A lab of its own: first every lab joined to it (``down`` of each), then its
+    namespaces (nodes' and hosts'; with them its links and addresses), the rt_protos file if it
+    was the last lab to claim it.  A joined lab: what its daemons left in its table, its links
+    and lo addresses in its base's namespaces (see the module's doc).  Returns a report::
+
+        {"name", "found", "joined_down": [labs taken down first], "stopped", "killed",
+         "netns_deleted", "links_deleted": ["a-b"], "addresses_removed": ["node address/32"],
+         "kernel_cleaned": ["node: what"], "rt_protos_removed", "problems", "warnings"}
+
+    The state directory is kept (for a retry) only when ``problems`` is not empty."""
     sdir = state_dir(lab)
-    report = {"name": lab, "found": False, "stopped": [], "killed": [], "netns_deleted": [],
-              "rt_protos_removed": False, "problems": [], "warnings": []}
+    report = {"name": lab, "found": False, "joined_down": [], "stopped": [], "killed": [],
+              "netns_deleted": [], "links_deleted": [], "addresses_removed": [],
+              "kernel_cleaned": [], "rt_protos_removed": False, "problems": [], "warnings": []}
     try:
         state = _load(lab)
     except LabNotFound:
@@ -572,6 +803,16 @@ def down(lab: str) -> dict:
                                       f"alone (ip netns del NAME)")
         return report
     report["found"] = True
+
+    # 0. Overlays joined to this one live in its namespaces: they go first.
+    for other in joined_labs(lab):
+        if other == lab:
+            continue
+        sub = down(other)
+        report["joined_down"].append(other)
+        report["problems"] += [f"joined lab {other}: {p}" for p in sub["problems"]]
+        report["warnings"] += [f"joined lab {other}: {w}" for w in sub["warnings"]]
+        report["kernel_cleaned"] += [f"joined lab {other}: {c}" for c in sub["kernel_cleaned"]]
 
     # 1. Daemons: the recorded ones, and unrecorded ones recognised by their planned argv.
     procs = {n["pid"]: n["start_time"] for n in state["nodes"] if _ours(n["pid"], n["start_time"])}
@@ -592,7 +833,11 @@ def down(lab: str) -> dict:
     for pid in _wait_gone(left, KILL_TIMEOUT):
         report["problems"].append(f"process {pid} (node {names[pid]}) survived SIGKILL")
 
-    # 2. Namespaces (deleting one destroys the veth ends in it, and so the pairs).
+    # 2. A joined lab: what it made or its daemons left in its base's namespaces.
+    if state.get("join"):
+        _unbuild_joined(state, report)
+
+    # 3. Namespaces (deleting one destroys the veth ends in it, and so the pairs).
     for ns in state["netns"]:
         if not _netns_exists(ns):
             continue
@@ -605,11 +850,82 @@ def down(lab: str) -> dict:
         except LabError as e:
             report["problems"].append(str(e))
 
-    # 3. The rt_protos name file, then the state directory.
+    # 4. The rt_protos name file, then the state directory.
     report["rt_protos_removed"] = _remove_rt_protos(state)
     if not report["problems"]:
         shutil.rmtree(sdir, ignore_errors=True)
     return report
+
+
+def _unbuild_joined(state: dict, report: dict) -> None:
+    """Remove, in each namespace of a joined lab that still exists: the routes, policy rules and
+    nexthop objects of protocol spines in its table / id range (its daemons are gone by now),
+    its links and its lo addresses.  Only things that can be the lab's own are touched."""
+    table, proto = str(state.get("table", MAIN_TABLE)), str(RTPROT_SPINES)
+    if table == str(MAIN_TABLE):  # never: a joined lab has a table of its own
+        report["problems"].append(f"lab {state['name']!r} is joined but records table main; "
+                                  f"its routes are left alone")
+        table = None
+    ids = nexthop_id_range(state["port"])
+    for n in state["nodes"]:
+        ns, name = n["netns"], n["name"]
+        if not _netns_exists(ns):
+            continue
+        try:
+            if table is not None:
+                deleted = 0
+                for _ in range(3):  # routes of one dst at several metrics need a delete each
+                    routes = _table_routes(ns, table, proto)
+                    if not routes:
+                        break
+                    for r in routes:
+                        # one by one: iproute2 6.1's "route flush" fails on routes with nhid
+                        with contextlib.suppress(LabError):
+                            _run(["ip", "-n", ns, "route", "del", r["dst"], "table", table,
+                                  "proto", proto])
+                            deleted += 1
+                if deleted:
+                    report["kernel_cleaned"].append(f"{name}: {deleted} routes in table {table}")
+                for r in _ip_json("-n", ns, "rule", "show"):
+                    if str(r.get("table")) == table and str(r.get("protocol")) in (proto, "spines"):
+                        _run(["ip", "-n", ns, "rule", "del", "priority", str(r["priority"]),
+                              "table", table, "protocol", proto])
+                        report["kernel_cleaned"].append(f"{name}: rule priority {r['priority']} "
+                                                        f"lookup {table}")
+            objs = [o for o in _ip_json("-n", ns, "nexthop", "show")
+                    if o.get("id") in ids and str(o.get("protocol")) in (proto, "spines")]
+            for o in sorted(objs, key=lambda o: "group" not in o):  # groups before members
+                with contextlib.suppress(LabError):
+                    _run(["ip", "-n", ns, "nexthop", "del", "id", str(o["id"])])
+            if objs:
+                report["kernel_cleaned"].append(f"{name}: {len(objs)} nexthop objects")
+        except LabError as e:
+            report["problems"].append(str(e))
+    nodes = {n["name"]: n["netns"] for n in state["nodes"]}
+    for ln in state["links"]:
+        for side in ("a", "b"):  # deleting one end of the pair deletes the other
+            ns, ifname = nodes[ln[side]], ln[f"{side}_ifname"]
+            if not _netns_exists(ns):
+                continue
+            try:
+                if ifname in {i["ifname"] for i in _ip_json("-n", ns, "link", "show")}:
+                    _run(["ip", "-n", ns, "link", "del", ifname])
+                    report["links_deleted"].append(f"{ln['a']}-{ln['b']}")
+                    break
+            except LabError as e:
+                report["problems"].append(str(e))
+    for n in state["nodes"]:
+        ns, lid = n["netns"], n["logical_id"]
+        if not _netns_exists(ns):
+            continue
+        try:
+            lo = _ip_json("-n", ns, "addr", "show", "dev", "lo")
+            if any(a.get("local") == lid and a.get("prefixlen") == 32
+                   for i in lo for a in i.get("addr_info", [])):
+                _run(["ip", "-n", ns, "addr", "del", f"{lid}/32", "dev", "lo"])
+                report["addresses_removed"].append(f"{n['name']} {lid}/32")
+        except LabError as e:
+            report["problems"].append(str(e))
 
 
 def _netns_names() -> list[str]:

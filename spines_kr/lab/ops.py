@@ -3,12 +3,17 @@ fail and heal links, and measure an outage with probes.  Used by ``lab demo``, t
 and ``bench/``.
 
 Entry points (``st`` is ``netns.status(lab)``; a "member" is a node or a host of the lab):
-    kernel_routes(netns) -> {dst: [gateway, ...]}      routes of proto spines, via ``ip -j``
+    kernel_routes(netns, table=254) -> {dst: [gateway, ...]}
+                                                        routes of proto spines in one table
+    kernel_rules(netns, table) -> [priority, ...]      policy rules of proto spines -> table
     converged(st) / wait_converged(st, timeout) -> seconds or None
+                                                        (in the lab's table: ``st["table"]``)
     address_of(st, member) -> address                   a node's logical ID, a host's address
     netns_of(st, member) -> namespace name
-    ping(st, src, dst, count=3) -> CompletedProcess     real ping, src's namespace to dst's address
-    path(st, src, dst) -> [node names]                  the kernel's hop-by-hop path (nodes)
+    ping(st, src, dst, count=3, source=None) -> CompletedProcess
+                                                        real ping, src's namespace to dst's address
+    path(st, src, dst) -> [node names]                  the kernel's hop-by-hop path (nodes),
+                                                        by the routes in the lab's table
     silent_failure(st, a, b, on)                        nftables drop on a's end of link a-b
     carrier(st, a, b, up)                               ``ip link set down`` on a's end
     Probe(st, src, dst, duration, rate)                 UDP probe stream src -> dst's address
@@ -16,10 +21,15 @@ Entry points (``st`` is ``netns.status(lab)``; a "member" is a node or a host of
 Silent failure: an nftables table ``spines_kr_lab`` in a's namespace drops everything in and
 out of the link's interface, which stays up: only the hello protocol can notice.  Carrier loss:
 a's end set down, so b's end loses carrier too and both kernels report it at once.
+
+A joined lab (``lab up --join``) runs in its base's namespaces with a route table of its own
+(``st["table"]``, its port): every helper here reads the table of the lab it is given, and its
+silent failures use an nftables table of their own (``spines_kr_lab_<table>``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import sys
@@ -27,6 +37,8 @@ import time
 
 from spines_kr import RTPROT_SPINES
 from spines_kr.lab import netns as labns
+
+MAIN_TABLE = 254
 
 NFT_TABLE = "spines_kr_lab"
 PROBE_PORT = 9901
@@ -36,14 +48,36 @@ def _ip(*args: str) -> str:
     return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
 
 
-def kernel_routes(ns: str) -> dict[str, list[str]]:
-    out = json.loads(_ip("-n", ns, "-j", "route", "show", "proto", str(RTPROT_SPINES)) or "[]")
+def kernel_routes(ns: str, table: int = MAIN_TABLE) -> dict[str, list[str]]:
+    """Our routes (protocol spines) in ``table`` of namespace ``ns``: {dst: sorted gateways}.
+    A table the kernel never made holds none (``ip route show table T`` fails on it with
+    "FIB table does not exist", iproute2 6.1 / Linux 6.18)."""
+    r = subprocess.run(["ip", "-n", ns, "-j", "route", "show", "table", str(table), "proto",
+                        str(RTPROT_SPINES)], capture_output=True, text=True)
+    if r.returncode != 0:
+        if "table does not exist" in r.stderr:
+            return {}
+        raise subprocess.CalledProcessError(r.returncode, r.args, r.stdout, r.stderr)
+    out = json.loads(r.stdout or "[]")
     routes = {}
     for r in out:
-        dst = r["dst"] if "/" in r["dst"] else r["dst"] + "/32"
+        dst = ("0.0.0.0/0" if r["dst"] == "default" else
+               r["dst"] if "/" in r["dst"] else r["dst"] + "/32")
         hops = [h.get("gateway") for h in r.get("nexthops", [])] or [r.get("gateway")]
         routes[dst] = sorted(h for h in hops if h)
     return routes
+
+
+def kernel_rules(ns: str, table: int) -> list[int]:
+    """Priorities of the policy rules of protocol spines that look up ``table`` in ``ns``."""
+    return sorted(r["priority"] for r in json.loads(_ip("-n", ns, "-j", "rule", "show") or "[]")
+                  if str(r.get("table")) == str(table)
+                  and str(r.get("protocol")) in (str(RTPROT_SPINES), "spines"))
+
+
+def table_of(st: dict) -> int:
+    """The route table of a lab's overlay (main, or a joined lab's own)."""
+    return st.get("table", MAIN_TABLE)
 
 
 def _node(st: dict, name: str) -> dict:
@@ -68,11 +102,13 @@ def netns_of(st: dict, name: str) -> str:
 
 
 def ping(st: dict, src: str, dst: str, count: int = 3, interval: float = 0.2,
-         reply_wait: float = 1.0) -> subprocess.CompletedProcess:
-    """``ping`` from ``src``'s namespace to ``address_of(dst)``; check ``returncode``."""
+         reply_wait: float = 1.0, source: str | None = None) -> subprocess.CompletedProcess:
+    """``ping`` from ``src``'s namespace to ``address_of(dst)``, from address ``source`` when
+    given (``-I``; e.g. ``address_of(st, src)``); check ``returncode``."""
     return subprocess.run(["ip", "netns", "exec", netns_of(st, src), "ping", "-n", "-c",
                            str(count), "-i", str(interval), "-W", f"{reply_wait:g}",
-                           address_of(st, dst)], capture_output=True, text=True,
+                           *(["-I", source] if source else []), address_of(st, dst)],
+                          capture_output=True, text=True,
                           timeout=count * (interval + reply_wait) + 10)
 
 
@@ -91,15 +127,23 @@ def _end(st: dict, a: str, b: str) -> tuple[str, str]:
 
 def converged(st: dict) -> bool:
     """Every node has a spines route to every other node's logical ID and advertised prefixes,
-    and to nothing else."""
+    and to nothing else but group routes (anycast/multicast /32s, the gateway default), in the
+    lab's table."""
+    table = table_of(st)
     for n in st["nodes"]:
         want = set()
         for o in st["nodes"]:
             if o["name"] != n["name"]:
                 want |= {o["logical_id"] + "/32", *o.get("prefixes", [])}
-        if set(kernel_routes(n["netns"])) != want:
+        have = {d for d in kernel_routes(n["netns"], table) if not _group_route(d)}
+        if have != want:
             return False
     return True
+
+
+def _group_route(dst: str) -> bool:
+    return dst == "0.0.0.0/0" or (dst.endswith("/32") and
+                                  ipaddress.IPv4Address(dst[:-3]) in ipaddress.IPv4Network("224.0.0.0/3"))
 
 
 def wait(cond, timeout: float, interval: float = 0.02) -> float | None:
@@ -126,7 +170,7 @@ def path(st: dict, src: str, dst: str) -> list[str]:
     target = _node(st, dst)["logical_id"] + "/32"
     hops, here = [src], src
     while here != dst and len(hops) <= len(st["nodes"]):
-        gws = kernel_routes(_node(st, here)["netns"]).get(target)
+        gws = kernel_routes(_node(st, here)["netns"], table_of(st)).get(target)
         if not gws:
             return hops + ["?"]
         here = owner.get(gws[0], "?")
@@ -136,17 +180,22 @@ def path(st: dict, src: str, dst: str) -> list[str]:
     return hops
 
 
+def _nft_table(st: dict) -> str:
+    table = table_of(st)
+    return NFT_TABLE if table == MAIN_TABLE else f"{NFT_TABLE}_{table}"
+
+
 def silent_failure(st: dict, a: str, b: str, on: bool = True) -> None:
     ifname, _ = _end(st, a, b)
-    ns = _node(st, a)["netns"]
+    ns, nft_table = _node(st, a)["netns"], _nft_table(st)
     if on:
-        rules = (f"table inet {NFT_TABLE} {{\n"
+        rules = (f"table inet {nft_table} {{\n"
                  f" chain in {{ type filter hook prerouting priority -300; iifname \"{ifname}\" drop; }}\n"
                  f" chain out {{ type filter hook postrouting priority 300; oifname \"{ifname}\" drop; }}\n}}\n")
         subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules, text=True,
                        check=True, capture_output=True)
     else:
-        subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", NFT_TABLE],
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", nft_table],
                        check=False, capture_output=True)
 
 

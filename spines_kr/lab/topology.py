@@ -1,7 +1,7 @@
 """Lab topology file: a TOML description of overlay nodes, the links between them, and hosts.
 
 Data model (all frozen dataclasses, addresses are ``ipaddress`` objects):
-    Topology  metric, port, link_subnet, nodes, links, hosts
+    Topology  metric, port, link_subnet, nodes, links, hosts, multipath, slot
     Node      name, logical_id (/32 put on lo), prefixes, groups, lan; ``advertised`` (property)
     Link      index, a, b, subnet (a /30), a_address (.1), b_address (.2), a_ifname, b_ifname,
               latency_ms, loss_pct, bandwidth_kbps (stored; honoured by a later issue)
@@ -12,6 +12,8 @@ File format::
     metric = "distance"          # optional: distance|latency|loss|explat|problem
     port = 8100                  # optional: overlay UDP port of every daemon
     multipath = false            # optional: daemons install multipath routes (--multipath)
+    kernel_levels = [0, 1]       # optional: -k levels of every daemon (0 nodes, 1 anycast, ...)
+    anypath = false              # optional: anycast routes to all nearest members
     link_subnet = "10.200.0.0/16"  # optional: pool the links' /30s are cut from, in link order
     [[node]]
     name = "n1"                  # [a-z0-9_-], at most 32 characters
@@ -39,7 +41,16 @@ cut) each of them gets a suffix ``-1``, ``-2``, ... that makes it unique within 
 end in its node's namespace is ``lan-<host>`` (made unique the same way; a port of ``lan0``), its
 end in the host's namespace ``eth0``.
 
-Entry points: ``parse(text)``, ``load(path)``, ``from_dict(data)`` -> ``Topology``;
+Several overlays on one set of namespaces (``lab up --join``): a topology parsed for overlay slot
+``k`` (keyword ``slot``; 0, the default, is a lab of its own) gets defaults that stay clear of
+slot 0 and of every other slot: logical IDs 10.(100+k).0.<i>, link_subnet 10.(200+k).0.0/16 and
+link interface names ``o<k>-Y`` instead of ``to-Y``; k is 1..9 (``MAX_SLOT``).  Explicit
+``logical_id`` and ``link_subnet`` values are kept as written (the lab checks them against the
+overlays already there).  A topology for a slot above 0 may not have hosts: the LANs and host
+namespaces belong to the lab that created the namespaces.
+
+Entry points: ``parse(text)``, ``load(path)``, ``from_dict(data)`` -> ``Topology`` (each takes
+``slot=``);
 ``DEMO_TOPOLOGY`` (TOML text of the 5-node ring used by ``lab demo`` and the tests).  Every problem
 raises ``TopologyError`` with a one-line message that starts with the field, e.g.
 ``link[2].b: unknown node 'n9'`` (indices count from 0, in file order).  No I/O except ``load``.
@@ -66,6 +77,18 @@ LAN_BRIDGE = "lan0"                     # a node's LAN bridge, in its namespace
 HOST_IFNAME = "eth0"                    # a host's one interface, in its namespace
 LAN_POOL_START = IPv4Address("10.210.0.0")  # picked LAN /24s: 10.210.0.0/24 ... 10.255.255.0/24
 LAN_POOL_END = IPv4Address("10.255.255.0")
+MAX_SLOT = 9                            # overlay slots 1..9 stay below the LAN pool (10.210/16)
+
+
+def slot_defaults(slot: int) -> tuple[IPv4Address, IPv4Network, str]:
+    """(logical ID base, default link_subnet, link ifname prefix) of overlay slot ``slot``."""
+    if isinstance(slot, bool) or not isinstance(slot, int) or not 0 <= slot <= MAX_SLOT:
+        raise TopologyError(f"slot: {slot!r} is not an overlay slot 0..{MAX_SLOT}")
+    if slot == 0:
+        return LOGICAL_ID_BASE, DEFAULT_LINK_SUBNET, "to-"
+    return (LOGICAL_ID_BASE + (slot << 16),
+            IPv4Network((int(DEFAULT_LINK_SUBNET.network_address) + (slot << 16), 16)),
+            f"o{slot}-")
 
 DEMO_TOPOLOGY = """\
 # The spines-kr demo: five nodes in a ring, every link one hop.
@@ -164,6 +187,9 @@ class Topology:
     links: tuple[Link, ...]
     hosts: tuple[Host, ...] = ()
     multipath: bool = False  # daemons install multipath routes where next hops tie
+    kernel_levels: tuple[int, ...] = (0, 1)  # -k levels of every daemon
+    anypath: bool = False  # anycast routes to all nearest members
+    slot: int = 0            # overlay slot the defaults were allocated for (0: a lab of its own)
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -252,9 +278,19 @@ def _ifnames(peers: list[str], prefix: str = "to-") -> list[str]:
 
 # -- entry points ------------------------------------------------------------------------------
 
-def from_dict(data: dict) -> Topology:
-    """Validate the parsed TOML ``data`` and return the Topology (addresses allocated)."""
-    _table(data, "", {"metric", "port", "link_subnet", "multipath", "node", "link", "host"})
+def from_dict(data: dict, *, slot: int = 0) -> Topology:
+    """Validate the parsed TOML ``data`` and return the Topology (addresses allocated, with the
+    defaults of overlay ``slot``)."""
+    lid_base, default_subnet, if_prefix = slot_defaults(slot)
+    _table(data, "", {"metric", "port", "link_subnet", "multipath", "kernel_levels", "anypath",
+                      "node", "link", "host"})
+    levels = data.get("kernel_levels", [0, 1])
+    if (not isinstance(levels, list) or not levels
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 3 for x in levels)):
+        raise TopologyError(f"kernel_levels: expected a list of levels 0..3, got {levels!r}")
+    anypath = data.get("anypath", False)
+    if not isinstance(anypath, bool):
+        raise TopologyError(f"anypath: expected true or false, got {anypath!r}")
     multipath = data.get("multipath", False)
     if not isinstance(multipath, bool):
         raise TopologyError(f"multipath: expected true or false, got {multipath!r}")
@@ -262,7 +298,7 @@ def from_dict(data: dict) -> Topology:
     if metric not in ALL_METRICS:
         raise TopologyError(f"metric: {metric!r} is not one of {'|'.join(ALL_METRICS)}")
     port = _number(data.get("port", DEFAULT_PORT), "port", 1, 65535, integer=True)
-    link_subnet = _network(data.get("link_subnet", str(DEFAULT_LINK_SUBNET)), "link_subnet")
+    link_subnet = _network(data.get("link_subnet", str(default_subnet)), "link_subnet")
     if link_subnet.prefixlen > 30:
         raise TopologyError(f"link_subnet: {link_subnet} is smaller than one /30")
 
@@ -313,7 +349,7 @@ def from_dict(data: dict) -> Topology:
     for _n, lid, _p, _g in parsed:
         while lid is None:
             k += 1
-            candidate = LOGICAL_ID_BASE + k
+            candidate = lid_base + k
             if (candidate not in explicit and candidate not in link_subnet
                     and not any(candidate in net for net, _ in taken)):
                 lid = candidate
@@ -350,7 +386,7 @@ def from_dict(data: dict) -> Topology:
     for name, *_rest in parsed:
         mine = [(i, b if a == name else a) for i, (a, b, *_rest) in enumerate(ends)
                 if name in (a, b)]
-        for (i, _peer), ifname in zip(mine, _ifnames([p for _i, p in mine])):
+        for (i, _peer), ifname in zip(mine, _ifnames([p for _i, p in mine], if_prefix)):
             ifn[(i, name)] = ifname
     links = tuple(Link(i, a, b, subnet, aa, ba, ifn[(i, a)], ifn[(i, b)], **chars)
                   for i, (a, b, subnet, aa, ba, chars) in enumerate(ends))
@@ -358,6 +394,9 @@ def from_dict(data: dict) -> Topology:
     raw_hosts = []  # (field, name, attach)
     for i, raw in enumerate(_list(data.get("host", []), "host")):
         f = f"host[{i}]"
+        if slot:
+            raise TopologyError(f"{f}: a topology joined to another lab's namespaces cannot have "
+                                f"hosts (the LANs belong to the lab that made the namespaces)")
         _table(raw, f, {"name", "attach"}, ("name", "attach"))
         name = _name(raw["name"], f"{f}.name")
         if name in names:
@@ -391,7 +430,8 @@ def from_dict(data: dict) -> Topology:
     order = {h[1]: k for k, h in enumerate(raw_hosts)}
     hosts = sorted((h for hs in hosts_by_node.values() for h in hs), key=lambda h: order[h.name])
 
-    return Topology(metric, port, link_subnet, tuple(nodes), links, tuple(hosts), multipath)
+    return Topology(metric, port, link_subnet, tuple(nodes), links, tuple(hosts), multipath,
+                    kernel_levels=tuple(sorted(set(levels))), anypath=anypath, slot=slot)
 
 
 def _nth(net: IPv4Network, k: int) -> IPv4Interface:
@@ -414,16 +454,16 @@ def _pick_lan(link_subnet: IPv4Network, lids: list[IPv4Address],
                         f"prefixes")
 
 
-def parse(text: str) -> Topology:
+def parse(text: str, *, slot: int = 0) -> Topology:
     """Parse TOML text; a syntax error is a TopologyError too."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise TopologyError(f"topology: invalid TOML: {e}") from None
-    return from_dict(data)
+    return from_dict(data, slot=slot)
 
 
-def load(path) -> Topology:
+def load(path, *, slot: int = 0) -> Topology:
     """Read and parse the topology file at ``path``."""
     try:
         with open(path, "rb") as fh:
@@ -432,7 +472,7 @@ def load(path) -> Topology:
         raise TopologyError(f"topology file {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise TopologyError(f"topology file {path}: invalid TOML: {e}") from None
-    return from_dict(data)
+    return from_dict(data, slot=slot)
 
 
 def demo() -> Topology:

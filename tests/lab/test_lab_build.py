@@ -82,7 +82,7 @@ def test_up_builds_the_ring_and_down_removes_it(lab_name):
     n1 = st["nodes"][0]
     args = json.loads(Path(n1["log"]).read_text())
     assert args == ["daemon", "-p", "8100", "-l", "10.100.0.1", "-I", "10.200.0.1",
-                    "-I", "10.200.0.18", "-a", "10.200.0.2", "-a", "10.200.0.17", "-k", "0",
+                    "-I", "10.200.0.18", "-a", "10.200.0.2", "-a", "10.200.0.17", "-k", "0", "-k", "1",
                     "-m", "-w", "distance", "-lf", n1["log"], "-ud",
                     str(Path(st["state_dir"]) / "n1.ipc"), "--control-socket",
                     n1["control_socket"]]
@@ -175,9 +175,10 @@ def test_up_refuses_a_lab_that_exists(lab_name):
 
 def test_down_of_an_unknown_lab_is_fine(lab_name):
     report = netns.down(lab_name)
-    assert report == {"name": lab_name, "found": False, "stopped": [], "killed": [],
-                      "netns_deleted": [], "rt_protos_removed": False, "problems": [],
-                      "warnings": []}
+    assert report == {"name": lab_name, "found": False, "joined_down": [], "stopped": [],
+                      "killed": [], "netns_deleted": [], "links_deleted": [],
+                      "addresses_removed": [], "kernel_cleaned": [], "rt_protos_removed": False,
+                      "problems": [], "warnings": []}
 
 
 def test_two_labs_share_the_rt_protos_file(lab_name):
@@ -379,3 +380,130 @@ def test_down_removes_hosts_after_up_crashed(lab_name, when):
     assert not report["problems"], report
     assert {f"{lab_name}-h1", f"{lab_name}-h2"} <= set(report["netns_deleted"])
     assert_gone(lab_name, pids)
+
+
+# -- a second overlay joined to a lab's namespaces ----------------------------------------------
+
+JOINED_TOPOLOGY = """\
+[[node]]
+name = "n1"
+[[node]]
+name = "n3"
+[[node]]
+name = "n4"
+[[link]]
+a = "n1"
+b = "n3"
+[[link]]
+a = "n3"
+b = "n4"
+"""
+
+
+def kernel_view(lab: str) -> dict:
+    """Interfaces, IPv4 addresses and IPv4 routes of every namespace of a lab, once every veth
+    has its carrier (a fresh pair's ends come up one after the other)."""
+    assert ops.wait(lambda: not any(" DOWN " in ip("-n", ns, "-br", "link", "show")
+                                    for ns in lab_netns(lab)), 5) is not None
+    out = {}
+    for ns in lab_netns(lab):
+        out[ns] = (ip("-n", ns, "-br", "link", "show"), ip("-n", ns, "-4", "-br", "addr", "show"),
+                   ip("-n", ns, "-4", "route", "show", "table", "all"), ip("-n", ns, "rule"))
+    return out
+
+
+def test_a_joined_lab_builds_in_the_base_namespaces_and_down_removes_only_it(lab_name, capsys):
+    base = lab_up(lab_name)
+    before = kernel_view(lab_name)
+    joined = f"{lab_name}j"
+    slot = netns.join_slot(lab_name)
+    assert slot == 1
+    st = netns.up(topology.parse(JOINED_TOPOLOGY, slot=slot), joined, join=lab_name, port=8200,
+                  daemon=standin_argv)
+    assert (st["join"], st["table"], st["slot"], st["port"]) == (lab_name, 8200, 1, 8200)
+    assert netns.status(lab_name)["joined"] == [joined]
+    assert netns.join_slot(lab_name) == 2
+    assert sorted(lab_netns(lab_name)) == [f"{lab_name}-n{i}" for i in range(1, 6)]
+    assert not lab_netns(joined)
+    assert [n["netns"] for n in st["nodes"]] == [f"{lab_name}-{n}" for n in ("n1", "n3", "n4")]
+    assert [(ln["a_ifname"], ln["a_address"], ln["b_ifname"], ln["b_address"])
+            for ln in st["links"]] == [("o1-n3", "10.201.0.1/30", "o1-n1", "10.201.0.2/30"),
+                                       ("o1-n4", "10.201.0.5/30", "o1-n3", "10.201.0.6/30")]
+    for n in st["nodes"]:
+        lo = ip("-n", n["netns"], "-4", "addr", "show", "dev", "lo")
+        assert f"{n['logical_id']}/32" in lo and "10.100.0." in lo
+    ping = in_ns(lab_name, "n3", "ping", "-c1", "-W1", "10.201.0.1")
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    # Its daemons: its port, table 8200, files in its own state directory.
+    n3 = st["nodes"][1]
+    args = json.loads(Path(n3["log"]).read_text())
+    assert args[:5] == ["daemon", "-p", "8200", "-l", "10.101.0.2"]
+    assert args[args.index("--table") + 1] == "8200"
+    assert n3["control_socket"] == str(netns.STATE_ROOT / joined / "n3.ctl")
+    argv, env = netns.exec_argv(joined, "n3", ["true"])
+    assert argv[3] == f"{lab_name}-n3" and env["SPINES_KR_PORT"] == "8200"
+    # Its state says what it joined; the CLI shows it.
+    state = json.loads((netns.STATE_ROOT / joined / "state.json").read_text())
+    assert (state["join"], state["netns"], state["rt_protos"]) == (lab_name, [], "none")
+    assert run_cli("lab", "status", "--name", joined) == 0
+    assert f"table 8200, metric distance, joined to lab {lab_name}" in capsys.readouterr().out
+
+    pids = [n["pid"] for n in st["nodes"]]
+    report = netns.down(joined)
+    assert not report["problems"] and report["netns_deleted"] == []
+    assert report["links_deleted"] == ["n1-n3", "n3-n4"]
+    assert report["addresses_removed"] == [f"{n} 10.101.0.{i}/32"
+                                           for i, n in enumerate(("n1", "n3", "n4"), 1)]
+    assert_gone(joined, pids)
+    assert kernel_view(lab_name) == before
+    assert all(n["alive"] for n in netns.status(lab_name)["nodes"])
+    assert [n["pid"] for n in netns.status(lab_name)["nodes"]] == [n["pid"] for n in base["nodes"]]
+
+
+def test_down_of_the_base_takes_the_joined_labs_down_first(lab_name, capsys):
+    lab_up(lab_name)
+    names = [f"{lab_name}j", f"{lab_name}k"]
+    for i, name in enumerate(names):
+        netns.up(topology.parse(JOINED_TOPOLOGY, slot=netns.join_slot(lab_name)), name,
+                 join=lab_name, port=8200 + i, daemon=standin_argv)
+    pids = [n["pid"] for lab in (lab_name, *names) for n in netns.status(lab)["nodes"]]
+    assert netns.status(names[1])["links"][0]["a_ifname"] == "o2-n3"
+    assert run_cli("lab", "down", "--name", lab_name) == 0
+    out = capsys.readouterr().out
+    assert all(f"lab {n} (joined to {lab_name}) taken down first" in out for n in names)
+    assert "5 namespaces deleted" in out
+    for name in (lab_name, *names):
+        assert_gone(name, pids)
+
+
+def test_a_joined_lab_that_fails_to_start_leaves_the_base_as_it_was(lab_name, monkeypatch):
+    lab_up(lab_name)
+    before = kernel_view(lab_name)
+    monkeypatch.setenv("STANDIN_EXIT", "1")
+    joined = f"{lab_name}j"
+    with pytest.raises(netns.LabError, match="exited with status 3"):
+        netns.up(topology.parse(JOINED_TOPOLOGY, slot=1), joined, join=lab_name, port=8200,
+                 daemon=standin_argv)
+    assert not (netns.STATE_ROOT / joined).exists() and netns.joined_labs(lab_name) == []
+    assert kernel_view(lab_name) == before
+    assert all(n["alive"] for n in netns.status(lab_name)["nodes"])
+
+
+def test_cli_join_errors(lab_name, tmp_path, capsys):
+    topo = tmp_path / "joined.toml"
+    topo.write_text(JOINED_TOPOLOGY)
+    assert run_cli("lab", "up", str(topo), "--name", "x" + lab_name, "--join", lab_name,
+                   "--port", "8200") == 1
+    assert f"lab {lab_name!r} does not exist" in capsys.readouterr().err
+    lab_up(lab_name)
+    assert run_cli("lab", "up", str(topo), "--name", "x" + lab_name, "--join", lab_name) == 2
+    assert "port 8100 is the overlay port of lab" in capsys.readouterr().err
+    assert run_cli("lab", "up", str(topo), "--name", "x" + lab_name, "--join", "bad/name") == 2
+    assert "--join: lab name" in capsys.readouterr().err
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text(JOINED_TOPOLOGY + '[[host]]\nname = "h1"\nattach = "n1"\n')
+    assert run_cli("lab", "up", str(hosts), "--name", "x" + lab_name, "--join", lab_name,
+                   "--port", "8200") == 2
+    assert "host[0]: a topology joined to another lab's namespaces cannot have hosts" in \
+        capsys.readouterr().err
+    assert not (netns.STATE_ROOT / ("x" + lab_name)).exists()

@@ -185,8 +185,8 @@ def test_setlink_command_shapes_daemon_and_kernel_traffic_and_exit_clears_it():
         assert ops.wait(lambda: "tbf" not in subprocess.run(
             ["ip", "netns", "exec", n1["netns"], "tc", "qdisc", "show", "dev", ln["a_ifname"]],
             capture_output=True, text=True).stdout, 5) is not None
-        tables = subprocess.run(["ip", "netns", "exec", n1["netns"], "nft", "list", "tables"],
-                                capture_output=True, text=True).stdout
-        assert "spines_kr_" not in tables
+        tables = lambda: subprocess.run(["ip", "netns", "exec", n1["netns"], "nft", "list",
+                                         "tables"], capture_output=True, text=True).stdout
+        assert ops.wait(lambda: "spines_kr_" not in tables(), 5) is not None, tables()
     finally:
         netns.down(name)

@@ -249,3 +249,45 @@ def test_load_reads_a_file_and_reports_unreadable_ones(tmp_path):
     path.write_text("x = [")
     with pytest.raises(TopologyError, match=r"^topology file .*ring.toml: invalid TOML"):
         topology.load(path)
+
+
+# -- overlay slots (lab up --join) ---------------------------------------------------------------
+
+def test_a_slot_moves_the_default_logical_ids_link_subnet_and_interface_names():
+    text = nodes("n1", "n2", "n3") + links(("n1", "n2"), ("n2", "n3"))
+    base, second, ninth = parse(text), parse(text, slot=1), parse(text, slot=9)
+    assert (base.slot, second.slot, ninth.slot) == (0, 1, 9)
+    assert [str(n.logical_id) for n in second.nodes] == ["10.101.0.1", "10.101.0.2", "10.101.0.3"]
+    assert [str(n.logical_id) for n in ninth.nodes] == ["10.109.0.1", "10.109.0.2", "10.109.0.3"]
+    assert second.link_subnet == IPv4Network("10.201.0.0/16")
+    assert ninth.link_subnet == IPv4Network("10.209.0.0/16")
+    assert [(str(ln.a_address), str(ln.b_address)) for ln in second.links] == [
+        ("10.201.0.1/30", "10.201.0.2/30"), ("10.201.0.5/30", "10.201.0.6/30")]
+    assert [(ln.a_ifname, ln.b_ifname) for ln in second.links] == [("o1-n2", "o1-n1"),
+                                                                   ("o1-n3", "o1-n2")]
+    # every slot's defaults are clear of every other slot's and of the LAN pool
+    pools = [topology.slot_defaults(k) for k in range(topology.MAX_SLOT + 1)]
+    nets = [IPv4Network((lid, 16)) for lid, _s, _p in pools] + [s for _l, s, _p in pools]
+    nets.append(IPv4Network("10.210.0.0/15"))
+    assert all(not a.overlaps(b) for i, a in enumerate(nets) for b in nets[i + 1:])
+    assert len({p for _l, _s, p in pools}) == len(pools)
+
+
+def test_a_slot_keeps_explicit_values_and_cuts_long_names():
+    t = parse('link_subnet = "172.31.0.0/24"\n[[node]]\nname = "a"\nlogical_id = "192.0.2.7"\n'
+              + nodes("b", "a-very-long-node-name") + links(("a", "b"), ("a", "a-very-long-node-name"),
+                                                           ("a", "a-very-long-node-name")),
+              slot=3)
+    assert t.node("a").logical_id == IPv4Address("192.0.2.7")
+    assert t.node("b").logical_id == IPv4Address("10.103.0.1")
+    assert t.link_subnet == IPv4Network("172.31.0.0/24")
+    assert [ln.a_ifname for ln in t.links] == ["o3-b", "o3-a-very-lon-1", "o3-a-very-lon-2"]
+    assert all(len(ln.b_ifname) <= topology.IFNAMSIZ for ln in t.links)
+
+
+def test_a_slot_refuses_hosts_and_out_of_range_slots():
+    with pytest.raises(TopologyError, match=r"^host\[0\]: a topology joined to another lab's "):
+        parse(nodes("n1") + '[[host]]\nname = "h1"\nattach = "n1"\n', slot=1)
+    for bad in (-1, 10, True, "1"):
+        with pytest.raises(TopologyError, match="^slot: .* is not an overlay slot 0..9"):
+            parse(nodes("n1"), slot=bad)
