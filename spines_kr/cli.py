@@ -74,6 +74,9 @@ def _daemon_parser(sub) -> None:
     p.add_argument("--multipath", action="store_const", const=True,
                    help="install multipath routes where next hops tie")
     p.add_argument("--control-socket", help="management socket path")
+    p.add_argument("--key-file", help="overlay key file (TOML, mode 0600)")
+    p.add_argument("--auth", choices=("hmac-sha256", "none"),
+                   help="authenticate control packets (default) or not (none: say so explicitly)")
     p.add_argument("--metrics-listen", metavar="ADDR:PORT",
                    help="serve Prometheus metrics there (off by default)")
     p.add_argument("--table", type=int, help="kernel route table (default 254, main)")
@@ -101,10 +104,17 @@ def cmd_daemon(args) -> int:
             "port", "logical_id", "local_addresses", "neighbors", "metric", "kernel_levels",
             "accept_link_commands", "exit_after", "unicast_only", "log_file", "ipc_path",
             "control_socket", "table", "log_level", "log_format", "prefixes", "multipath", "rule_priority", "keep_routes", "groups", "anypath",
-            "spines_mappings", "metrics_listen")}
+            "spines_mappings", "metrics_listen", "key_file", "auth")}
         cfg = config.build(file_values, flags)
     except config.ConfigError as e:
         raise UsageError(f"daemon: {e}") from None
+    if cfg.key_file:
+        from spines_kr.keys import KeyFileError, load_key_file
+
+        try:
+            load_key_file(cfg.key_file)  # mode, format: refuse before touching anything
+        except KeyFileError as e:
+            raise UsageError(f"daemon: {e}") from None
     if os.geteuid() != 0 and cfg.kernel_routing:
         print("spines-kr: warning: not root; kernel route writes need CAP_NET_ADMIN",
               file=sys.stderr)
@@ -287,6 +297,28 @@ def cmd_join(args) -> int:
     return 0
 
 
+def _keygen_parser(sub) -> None:
+    p = sub.add_parser("keygen", help="write a new overlay key file (mode 0600)")
+    p.add_argument("file", help="path of the key file to create (never overwritten)")
+    p.set_defaults(func=cmd_keygen)
+
+
+def cmd_keygen(args) -> int:
+    from spines_kr.keys import new_key_file_text
+
+    try:
+        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(f"keygen: {args.file} exists; not overwriting a key") from None
+    except OSError as e:
+        print(f"spines-kr: error: keygen: {args.file}: {e.strerror}", file=sys.stderr)
+        return 1
+    with os.fdopen(fd, "w") as f:
+        f.write(new_key_file_text())
+    print(f"wrote {args.file}: copy it to every node of the overlay (mode 0600)")
+    return 0
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="spines-kr", description="Kernel-routing overlay manager.")
     parser.add_argument("--version", action="version", version=f"spines-kr {__version__}")
@@ -295,6 +327,7 @@ def build_parser() -> Parser:
     _show_parser(sub)
     _setlink_parser(sub)
     _join_parsers(sub)
+    _keygen_parser(sub)
     from spines_kr.lab.cli import add_lab_parser
 
     add_lab_parser(sub)

@@ -79,6 +79,8 @@ class Config:
     anypath: bool = False  # anycast routes to all members at the best cost
     spines_mappings: bool = False  # 247.x.y.z / 227.x.y.z routed as 10.x.y.z (Spines -k 1/2)
     gateway_group: str = "240.220.11.1"
+    auth: str = "hmac-sha256"  # or "none", which must be said explicitly
+    key_file: str | None = None
     metrics_listen: str = ""  # Prometheus endpoint "ADDRESS:PORT" (off when empty)
     igmp_proxy: bool = True  # join/leave groups for hosts on our LANs from their IGMP reports
     reconcile_interval_s: float = 30.0
@@ -236,6 +238,18 @@ def build(file_values: dict | None = None, flag_values: dict | None = None) -> C
     out["log_format"] = fmt
     out["ipc_path"] = v.get("ipc_path") or f"/tmp/spines{out['port']}"
     out["control_socket"] = v.get("control_socket") or default_control_socket(out["port"])
+    auth = v.get("auth", "hmac-sha256")
+    if auth not in ("hmac-sha256", "none"):
+        raise ConfigError(f"auth: '{auth}' is not one of hmac-sha256, none")
+    out["auth"] = auth
+    if v.get("key_file") is not None:
+        if not isinstance(v["key_file"], str) or not v["key_file"]:
+            raise ConfigError("key_file: expected a path")
+        out["key_file"] = v["key_file"]
+    if auth != "none" and not out.get("key_file"):
+        raise ConfigError("key_file: not set; control packets are authenticated (HMAC-SHA256): "
+                          "give key_file = PATH ('spines-kr keygen PATH' writes one) or set "
+                          "auth = \"none\" explicitly")
     listen = v.get("metrics_listen", "")
     if listen:
         host, _, port = str(listen).rpartition(":")

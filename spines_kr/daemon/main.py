@@ -46,7 +46,9 @@ from spines_kr.daemon.node import Node, Params
 from spines_kr.netlink import emulation as kernel_emulation, events as nlevents, nexthop
 from spines_kr.netlink.addresses import LoopbackAddresses
 from spines_kr.netlink.rules import RuleTable
+from spines_kr.keys import KeyFileError, load_key_file
 from spines_kr.routing import groups as grp
+from spines_kr.wire.auth import KeyRing
 from spines_kr.netlink.kernel import RouteTable
 from spines_kr.netlink.reconcile import Reconciler
 
@@ -65,7 +67,7 @@ class ExitCode(enum.IntEnum):
 # Changing these needs a restart; a reload keeps the running values and says so.
 RESTART_ONLY = ("port", "logical_id", "table", "route_protocol", "route_priority", "rule_priority",
                 "control_socket", "control_group", "ipc_path", "kernel_levels", "log_file",
-                "log_format")
+                "log_format", "auth")
 HEARTBEAT_S = 2.0  # STATUS= updates; WATCHDOG=1 at least twice per WatchdogSec
 
 
@@ -123,6 +125,10 @@ class Daemon:
                 from spines_kr.daemon import prometheus
 
                 self.metrics_server = await prometheus.serve(self, cfg.metrics_listen)
+        except KeyFileError as e:
+            self.log.error("daemon.start_failed", error=str(e))
+            self._close()
+            return ExitCode.USAGE
         except OSError as e:
             reason = e.strerror or str(e)
             if e.errno == errno.EADDRINUSE:
@@ -163,7 +169,7 @@ class Daemon:
         # Sequence numbers start from the wall clock (ms), so a restarted node's first LSA is
         # newer than any of its previous life (the jump-past rule in Node covers clock resets).
         self.node = Node(Params.from_config(cfg, prefsrc), now, initial_seq=int(time.time() * 1000),
-                         rng=random.Random())
+                         rng=random.Random(), auth=self._keyring())
         self.sock = self._udp_socket()
         loop.add_reader(self.sock.fileno(), self._on_udp)
         loop.add_reader(self.watch.fileno(), self._on_netlink)
@@ -195,6 +201,15 @@ class Daemon:
             self.node.join(int(ipaddress.IPv4Address(g)), now)
         self._sync_loopback()
         self.control_server = control.serve(self, cfg.control_socket, cfg.control_group)
+
+    def _keyring(self) -> KeyRing | None:
+        if self.cfg.auth == "none":
+            self.log.warning("auth.disabled", hint="anyone who can reach the overlay port can "
+                             "rewrite this router's routes; set key_file")
+            return None
+        keys, send_id = load_key_file(self.cfg.key_file)
+        # boot: microseconds of wall clock, so a restarted daemon's counters are fresh
+        return KeyRing(keys, send_id, boot=time.time_ns() // 1000)
 
     def _route_writer(self):
         """The kernel interface routes are reconciled through: multipath routes as nexthop
@@ -551,6 +566,11 @@ class Daemon:
         for g in set(new.groups) - set(old.groups):
             node.join(int(ipaddress.IPv4Address(g)), now)
         self._sync_loopback()
+        if node.auth is not None and new.key_file:
+            try:
+                node.auth.keys, node.auth.send_id = load_key_file(new.key_file)
+            except KeyFileError as e:
+                self.log.error("config.reload_failed", error=str(e), action="kept the old keys")
         if new.log_level != old.log_level:
             self.log = dlog.setup(new.log_level, new.log_format, new.log_file)
         self.log.info("config.reloaded", changed=changed, needs_restart=kept)
@@ -666,6 +686,8 @@ class Daemon:
             "nodes": len(node.lsdb), "routes": len(node.routes()),
             "restart_hold": self.hold, "table": self.cfg.table,
             "capabilities": self.capabilities,
+            "auth": ("none (UNAUTHENTICATED: set key_file)" if node.auth is None
+                     else f"hmac-sha256, key {node.auth.send_id}, {len(node.auth.keys)} accepted"),
             "route_protocol": self.cfg.route_protocol,
             "counters": {**dict(sorted(node.counters.items())), **self.stats},
             "lsa_seq": node.seq, "now": round(now, 3),

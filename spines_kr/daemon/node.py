@@ -37,6 +37,7 @@ from spines_kr.routing import groups as grp
 from spines_kr.routing.routes import node_routes, prefix_routes
 from spines_kr.routing.spf import spf
 from spines_kr.wire import packets as wire
+from spines_kr.wire.auth import KeyRing
 
 EXPIRE_EVERY = 1.0
 
@@ -84,8 +85,9 @@ class Params:
 
 class Node:
     def __init__(self, params: Params, now: float, initial_seq: int = 1,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, auth: KeyRing | None = None):
         self.p = params
+        self.auth = auth  # None: packets carry no trailer (auth = "none")
         self.id = params.self_id
         self.rng = rng or random.Random()
         self.links: dict[tuple[int, str], Link] = {}
@@ -257,6 +259,14 @@ class Node:
         if header.sender == self.id:
             self.counters["dropped.own"] += 1
             return
+        if self.auth is not None:
+            reason = self.auth.check(header.sender, data, _trailer, now)
+            if reason is not None:
+                self.counters[f"dropped.{reason}"] += 1
+                return
+        elif _trailer:
+            self.counters["dropped.auth_unexpected"] += 1
+            return
         link = self.links.get((ifindex, src_addr))
         if link is None:
             if not (isinstance(msg, wire.Hello) and self.p.accept_unknown_neighbors):
@@ -391,6 +401,8 @@ class Node:
             self._originate(now, force=True)
         if now >= self._next_expire:
             self._next_expire = now + EXPIRE_EVERY
+            if self.auth is not None:
+                self.auth.forget_idle(now)
             self.routes()  # refreshes the reachable set
             if self.lsdb.expire(now, self._reachable | {self.id}):
                 self.routes_version += 1
@@ -420,6 +432,8 @@ class Node:
             link.fresh.clear()
 
     def _send(self, link: Link, pkt: bytes) -> None:
+        if self.auth is not None:
+            pkt = self.auth.seal(pkt)
         self.counters["packets_out"] += 1
         self.outbox.append((link, pkt))
 

@@ -61,6 +61,7 @@ provider's NAT, so ``vagrant ssh`` and apt keep working).
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import re
 import sys
@@ -69,6 +70,7 @@ from pathlib import Path
 
 from spines_kr.config import FIELDS as CONFIG_FIELDS
 from spines_kr.deploy import toml_text
+from spines_kr.keys import new_key_file_text
 from spines_kr.lab.topology import Topology, TopologyError, load
 
 PLAN_VERSION = 1
@@ -124,6 +126,7 @@ def node_config(topology: Topology, name: str) -> dict:
         "kernel_levels": list(getattr(topology, "kernel_levels", KERNEL_LEVELS)),
         "multipath": topology.multipath,
         "accept_link_commands": True,
+        "key_file": KEY_PATH,
     }
     if node.groups and "groups" in CONFIG_FIELDS:
         values["groups"] = [str(g) for g in node.groups]
@@ -204,9 +207,11 @@ def _num(x) -> str:
 
 
 def plan(topology: Topology, *, lab: str = "lab", box: str = DEFAULT_BOX,
-         source: str | None = None) -> dict:
+         source: str | None = None, key_text: str | None = None) -> dict:
     """The Vagrant lab for ``topology`` (see the module doc); ``source`` (the topology file's
-    name) only goes into comments of the generated files."""
+    name) only goes into comments of the generated files; ``key_text`` is the overlay key file
+    every node gets (mode 0600; a new key when not given)."""
+    key_text = key_text if key_text is not None else new_key_file_text()
     if not LAB_RE.fullmatch(lab):
         raise PlanError(f"lab: {lab!r} is not a name of 1-32 characters [a-z0-9-] "
                         f"(starting with a letter or digit)")
@@ -245,7 +250,7 @@ def plan(topology: Topology, *, lab: str = "lab", box: str = DEFAULT_BOX,
             f"spines-kr daemon configuration of node {node.name} of Vagrant lab {lab!r},\n"
             f"generated from the topology {origin}by spines_kr.deploy.vagrant: edit the "
             f"topology, not this."))
-        files = [_file(CONFIG_PATH, config)]
+        files = [_file(CONFIG_PATH, config), _file(KEY_PATH, key_text, mode="0600")]
         for nic in ifaces[node.name]:
             files += _link_files(nic["ifname"], nic["mac"], nic["address"])
         files.append(_file("/etc/systemd/system/spines-kr-logical-id.service",
@@ -292,6 +297,22 @@ def _vm(name: str, role: str, box: str, nics: list[dict], files: list[dict], uni
                                                            for n in nics)}}
 
 
+KEY_PATH = "/etc/spines-kr/overlay.key"
+
+
+def lab_key(path: Path) -> str:
+    """The lab's key, kept beside the Vagrantfile (``.spines-kr-key.toml``, mode 0600, not in
+    git) so that every parse of the Vagrantfile gives every VM the same one."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        text = new_key_file_text()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python3 -m spines_kr.deploy.vagrant",
@@ -301,11 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lab", help="lab name, prefix of the network names (default: the file's stem)")
     p.add_argument("--box", default=DEFAULT_BOX, help=f"Vagrant box (default {DEFAULT_BOX})")
     p.add_argument("--config", metavar="NODE", help="print only this node's daemon TOML")
+    p.add_argument("--key", default=".spines-kr-key.toml",
+                   help="the lab's key file, created when missing (default .spines-kr-key.toml)")
     args = p.parse_args(argv)
     try:
         topo = load(args.topology)
         result = plan(topo, lab=args.lab or lab_name(args.topology), box=args.box,
-                      source=Path(args.topology).name)
+                      source=Path(args.topology).name, key_text=lab_key(Path(args.key)))
     except (TopologyError, PlanError) as e:
         print(f"spines-kr: {e}", file=sys.stderr)
         return 2

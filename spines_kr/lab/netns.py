@@ -132,7 +132,8 @@ def daemon_argv(*, port: int, logical_id: str, local_addresses: list[str], neigh
                 metric: str, log_file: str, ipc_path: str, control_socket: str,
                 prefixes: list[str] = (), multipath: bool = False, table: int = MAIN_TABLE,
                 keep_routes: bool = False, groups: list[str] = (),
-                kernel_levels: tuple[int, ...] = (0,), anypath: bool = False) -> list[str]:
+                kernel_levels: tuple[int, ...] = (0,), anypath: bool = False,
+                key_file: str | None = None) -> list[str]:
     """The command line of one node's daemon (run inside its namespace); ``prefixes`` are the
     networks it advertises (``--prefix``, repeated; none when empty); ``table`` its route table
     (``--table`` when not main), ``keep_routes`` adds ``--keep-routes``."""
@@ -155,6 +156,8 @@ def daemon_argv(*, port: int, logical_id: str, local_addresses: list[str], neigh
         argv.append("--anypath")
     for level in kernel_levels:
         argv += ["-k", str(level)]
+    if key_file:
+        argv += ["--key-file", key_file]
     return argv + ["-m", "-w", metric, "-lf", log_file, "-ud", ipc_path,
                    "--control-socket", control_socket]
 
@@ -371,7 +374,8 @@ def plan(topology: Topology, lab: str, *, port: int | None = None,
         spec = dict(port=port, logical_id=str(n.logical_id),
                     local_addresses=[str(e[1].ip) for e in ends],
                     neighbors=[str(e[3].ip) for e in ends], metric=topology.metric,
-                    log_file=files["log"], ipc_path=files["ipc"], control_socket=files["ctl"])
+                    log_file=files["log"], ipc_path=files["ipc"], control_socket=files["ctl"],
+                    key_file=str(sdir / KEY_FILE))
         # optional keywords only when set, so a stand-in without them still fits
         if n.advertised:
             spec["prefixes"] = [str(p) for p in n.advertised]
@@ -553,6 +557,7 @@ def up(topology: Topology, lab: str, *, port: int | None = None,
             raise LabError(f"lab {lab!r}: {sdir} exists; run 'spines-kr lab down --name {lab}' "
                            f"first") from None
         _save(state)
+        _write_key(sdir / KEY_FILE)
     try:
         if base is None:  # a joined lab lives inside its base, which holds the name file
             _install_rt_protos(state)
@@ -611,6 +616,17 @@ def _build(state: dict) -> None:
         _run(["ip", "-n", ns, "addr", "add", f"{host['address']}/{plen}", "dev", host["ifname"]])
         _run(["ip", "-n", ns, "link", "set", host["ifname"], "up"])
         _run(["ip", "-n", ns, "route", "add", "default", "via", host["gateway"]])
+
+
+KEY_FILE = "key.toml"  # the lab's overlay key, one per lab (its daemons authenticate with it)
+
+
+def _write_key(path: Path) -> None:
+    from spines_kr.keys import new_key_file_text
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(new_key_file_text())
 
 
 def child_env() -> dict:

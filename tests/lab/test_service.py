@@ -32,6 +32,7 @@ def test_notify_ready_status_watchdog_stopping(tmp_path):
         env = dict(netns.child_env(), NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="400000")
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "spines_kr",
                                  "daemon", "-l", "10.77.0.1", "-p", "8177", "-k", "0", "-x", "3",
+                                 "--auth", "none",
                                  "--control-socket", str(tmp_path / "ctl"), "-ud",
                                  str(tmp_path / "ipc"), "-lf", str(tmp_path / "log")], env=env)
         got = []
@@ -66,7 +67,8 @@ def test_reload_changes_neighbors_without_dropping_unrelated_routes(tmp_path):
         assert ops.wait(lambda: not netns.status(name)["nodes"][0]["alive"], 10) is not None
         cfg = tmp_path / "n1.toml"
         base = (f'logical_id = "{n1["logical_id"]}"\nkernel_levels = [0]\n'
-                f'accept_link_commands = true\n')
+                f'accept_link_commands = true\n'
+                f'key_file = "{os.path.join(st["state_dir"], "key.toml")}"\n')
         cfg.write_text(base + f"neighbors = {json.dumps(n1['neighbors'])}\n")
         ctl = str(tmp_path / "ctl")
         proc = subprocess.Popen(["ip", "netns", "exec", n1["netns"], sys.executable, "-m",
