@@ -456,7 +456,11 @@ class Daemon:
     def _hold_over(self, now: float) -> bool:
         if now >= self.hold_until:
             return True
-        configured = [l for l in self.node.links.values() if l.configured]
+        # Every configured neighbor that can come up is up: a link whose interface is down
+        # (carrier lost, admin down) cannot, and waiting for it would freeze this node's
+        # routes for the whole grace time.
+        configured = [l for l in self.node.links.values()
+                      if l.configured and self._link_state.get(l.ifindex, True)]
         return (bool(configured) and all(l.up for l in configured)
                 and now - self.last_routes_change >= SETTLE_S)
 
