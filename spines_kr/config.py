@@ -81,6 +81,12 @@ class Config:
     gateway_group: str = "240.220.11.1"
     auth: str = "hmac-sha256"  # or "none", which must be said explicitly
     key_file: str | None = None
+    max_nodes: int = 2000  # bounded state (issue: a neighbor must not exhaust our memory)
+    max_links_per_node: int = 128
+    max_prefixes_per_node: int = 256
+    max_groups_per_node: int = 256
+    max_dynamic_links: int = 64
+    max_packets_per_s: float = 400.0
     metrics_listen: str = ""  # Prometheus endpoint "ADDRESS:PORT" (off when empty)
     igmp_proxy: bool = True  # join/leave groups for hosts on our LANs from their IGMP reports
     reconcile_interval_s: float = 30.0
@@ -271,6 +277,13 @@ def build(file_values: dict | None = None, flag_values: dict | None = None) -> C
                         ("lsa_refresh_s", 1, 86400), ("lsa_max_age_s", 3, 86400 * 7)):
         if key in v:
             out[key] = _num(key, v[key], lo, hi)
+    for key, lo, hi in (("max_nodes", 2, 1_000_000), ("max_links_per_node", 1, 65535),
+                        ("max_prefixes_per_node", 0, 65535), ("max_groups_per_node", 0, 65535),
+                        ("max_dynamic_links", 0, 10_000)):
+        if key in v:
+            out[key] = _int(key, v[key], lo, hi)
+    if "max_packets_per_s" in v:
+        out["max_packets_per_s"] = _num("max_packets_per_s", v["max_packets_per_s"], 20, 1e6)
     for key, lo, hi in (("hello_interval_ms", 10, 60000), ("dead_interval_ms", 30, 600000),
                         ("up_after_hellos", 1, 100), ("retransmit_ms", 10, 60000)):
         if key in v:

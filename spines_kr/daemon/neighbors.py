@@ -69,6 +69,8 @@ class Link:
     flaps: int = 0
     cost: CostTracker | None = None  # the advertised cost while UP
     emulation: LinkEmulation | None = None  # setlink: kept across down/up
+    tokens: float = -1.0  # packet-rate token bucket (-1: full)
+    tokens_at: float = 0.0
 
     @property
     def key(self) -> tuple[int, str]:
@@ -89,6 +91,17 @@ class Link:
         expected = min(LOSS_WINDOW, self.rx_highest - self.rx_first + 1)
         got = bin(self.rx_bits & ((1 << expected) - 1)).count("1")
         return 1.0 - got / expected
+
+    def admit(self, now: float, rate: float) -> bool:
+        """Token bucket: ``rate`` packets per second, bursts of one second's worth."""
+        if self.tokens < 0:
+            self.tokens, self.tokens_at = rate, now
+        self.tokens = min(rate, self.tokens + (now - self.tokens_at) * rate)
+        self.tokens_at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
     def measure(self) -> LinkMeasure:
         return LinkMeasure(self.srtt_ms, self.loss)

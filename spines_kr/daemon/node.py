@@ -63,6 +63,13 @@ class Params:
     anypath: bool = False
     spines_mappings: bool = False
     gateway_group: int | None = None
+    # bounded state: what one neighbor or origin may make us hold or process
+    max_nodes: int = 2000
+    max_links_per_node: int = 128
+    max_prefixes_per_node: int = 256
+    max_groups_per_node: int = 256
+    max_dynamic_links: int = 64
+    max_packets_per_s: float = 400.0  # per link; hellos are ~18/s, a full sync a burst
 
     @classmethod
     def from_config(cls, cfg, prefsrc: str | None = None) -> Params:
@@ -80,7 +87,12 @@ class Params:
                        for n in map(ipaddress.IPv4Network, cfg.prefixes))),
                    kernel_levels=cfg.kernel_levels, anypath=cfg.anypath,
                    spines_mappings=cfg.spines_mappings,
-                   gateway_group=int(ipaddress.IPv4Address(cfg.gateway_group)))
+                   gateway_group=int(ipaddress.IPv4Address(cfg.gateway_group)),
+                   max_nodes=cfg.max_nodes, max_links_per_node=cfg.max_links_per_node,
+                   max_prefixes_per_node=cfg.max_prefixes_per_node,
+                   max_groups_per_node=cfg.max_groups_per_node,
+                   max_dynamic_links=cfg.max_dynamic_links,
+                   max_packets_per_s=cfg.max_packets_per_s)
 
 
 class Node:
@@ -273,12 +285,19 @@ class Node:
                 self.counters["dropped.unknown_neighbor"] += 1
                 return
             local = self._local_addr_for(ifindex)
+            dynamic = sum(1 for l in self.links.values() if not l.configured)
+            if dynamic >= self.p.max_dynamic_links:
+                self._over_limit("dynamic_links", src_addr)
+                return
             if local is None:
                 self.counters["dropped.unknown_neighbor"] += 1
                 return
             link = self.add_link(ifindex, "", local, src_addr, now, configured=False)
         if not self._usable(link):
             self.counters["dropped.interface_down"] += 1
+            return
+        if not link.admit(now, self.p.max_packets_per_s):
+            self._over_limit("rate", link.peer_addr)
             return
         if isinstance(msg, wire.Hello):
             self._hello(link, header.sender, msg, now)
@@ -347,6 +366,10 @@ class Node:
                     link.pending[self.id] = own
                     link.fresh.add(self.id)
                 continue
+            limit = self._lsa_over_limit(lsa)
+            if limit is not None:
+                self._over_limit(limit, _ip(lsa.origin))
+                continue
             order = self.lsdb.compare(lsa)
             if order == lsdbmod.NEWER:
                 before = self.lsdb.lsas.get(lsa.origin)
@@ -363,6 +386,24 @@ class Node:
                 link.fresh.add(lsa.origin)
         for pkt in wire.ack_packets(acks, instance=self.p.instance, sender=self.id):
             self._send(link, pkt)
+
+    def _lsa_over_limit(self, lsa: wire.LSA) -> str | None:
+        p = self.p
+        if lsa.origin not in self.lsdb.lsas and len(self.lsdb) >= p.max_nodes:
+            return "nodes"
+        if len(lsa.links) > p.max_links_per_node:
+            return "links_per_node"
+        if len(lsa.prefixes) > p.max_prefixes_per_node:
+            return "prefixes_per_node"
+        if len(lsa.groups) > p.max_groups_per_node:
+            return "groups_per_node"
+        return None
+
+    def _over_limit(self, what: str, who: str | None) -> None:
+        """Count and report state a neighbor or origin may not make us hold (rate-limited in
+        the log by the daemon, per "link" key)."""
+        self.counters[f"dropped.limit_{what}"] += 1
+        self.events.append(("limit.exceeded", {"limit": what, "link": who}))
 
     @staticmethod
     def _implicit_ack(link: Link, lsa: wire.LSA) -> None:

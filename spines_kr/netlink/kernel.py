@@ -213,7 +213,10 @@ def decode_link(payload: bytes, mtype: int = RTM_NEWLINK) -> LinkState:
     msg = ifinfmsg(_with_header(mtype, payload))
     msg.decode()
     flags = msg["flags"]
-    return LinkState(msg["index"], msg.get_attr("IFLA_IFNAME") or "", (flags & UP) == UP)
+    name = msg.get_attr("IFLA_IFNAME") or ""
+    if isinstance(name, bytes):  # pyroute2 0.9.7 hands back bytes it cannot decode as text
+        name = name.split(b"\0")[0].decode(errors="replace")
+    return LinkState(msg["index"], name, (flags & UP) == UP)
 
 
 def decode_addr(payload: bytes, mtype: int = RTM_NEWADDR) -> tuple[int, int, str, int] | None:

@@ -43,6 +43,7 @@ F_TRAILER = 0x01
 _HEADER = struct.Struct("!HBBHBBIHH")
 HEADER_LEN = _HEADER.size  # 16
 MAX_PACKET = 65507  # largest UDP payload over IPv4
+MAX_SEQ = (1 << 64) - 1  # reserved: never originated, never accepted
 
 # Metric codes carried in hellos, so that nodes of one overlay can check they agree.
 METRIC_CODES = {"distance": 1, "latency": 2, "loss": 3, "explat": 4, "problem": 5}
@@ -163,6 +164,9 @@ class LSA:
         origin, seq, nl, np_, ng, rsvd = _LSA_HEAD.unpack_from(buf, off)
         if rsvd:
             raise DecodeError("malformed", "lsa reserved field not zero")
+        if seq == MAX_SEQ:
+            # reserved: an origin jumping past it could never originate again (found by fuzzing)
+            raise DecodeError("malformed", "lsa sequence number is the reserved maximum")
         off += _LSA_HEAD.size
         need = nl * _LSA_LINK.size + np_ * _LSA_PREFIX.size + ng * _LSA_GROUP.size
         if len(buf) - off < need:

@@ -79,3 +79,33 @@ def test_overlay_with_keys_converges_and_a_keyless_or_wrong_key_node_gets_no_adj
     sim.run(1)
     assert sim.nodes[2].counters["dropped.auth_missing"] > 0
     assert not any(l.up for l in sim.nodes[3].links.values())
+
+
+def _lsu(origin, seq=1, sender=0x0A640002, **kw):  # from n2 (10.100.0.2), over its link
+    return w.encode(w.LinkStateUpdate((w.LSA.make(origin, seq, **kw),)), instance=8100,
+                    sender=sender)
+
+
+def test_state_stays_bounded_when_a_neighbor_floods_valid_looking_updates():
+    sim = Sim(2, [(1, 2)], max_nodes=50, max_prefixes_per_node=4, max_packets_per_s=400)
+    sim.run(1)
+    n1 = sim.nodes[1]
+    link = next(iter(n1.links.values()))
+    for i in range(2000):  # 2,000 invented origins, then oversized LSAs
+        n1.receive(link.ifindex, link.peer_addr, _lsu(0x0B000000 + i), sim.now + i * 0.01)
+    assert len(n1.lsdb) <= 50
+    assert n1.counters["dropped.limit_nodes"] > 1000
+    n1.receive(link.ifindex, link.peer_addr,
+               _lsu(0x0B000000, seq=2, prefixes=[(0x0A000000 + (i << 8), 24, 0) for i in range(10)]),
+               sim.now + 30)
+    assert n1.counters["dropped.limit_prefixes_per_node"] == 1
+
+
+def test_packet_rate_per_neighbor_is_limited():
+    sim = Sim(2, [(1, 2)], max_packets_per_s=100)
+    sim.run(1)
+    n1 = sim.nodes[1]
+    link = next(iter(n1.links.values()))
+    for _ in range(1000):  # a burst far above 100/s at one instant
+        n1.receive(link.ifindex, link.peer_addr, _lsu(0x0B000001), sim.now)
+    assert n1.counters["dropped.limit_rate"] >= 890
