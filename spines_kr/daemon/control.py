@@ -15,11 +15,12 @@ path)``, and ``request(path, obj, timeout)`` for clients.
 from __future__ import annotations
 
 import asyncio
-import grp
+import grp as grp_db
 import ipaddress
 import json
 import os
 import socket
+import struct
 
 from spines_kr.routing import groups as grp
 
@@ -37,14 +38,14 @@ def serve(daemon, path: str, group: str | None = None):
     sock.bind(path)
     os.chmod(path, 0o660)
     if group:
-        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        os.chown(path, -1, grp_db.getgrnam(group).gr_gid)
     sock.listen(16)
     sock.setblocking(False)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
-            reply = answer(daemon, line)
+            reply = answer(daemon, line, may_change=_may_change(writer, group))
         except (asyncio.TimeoutError, asyncio.LimitOverrunError, ValueError):
             reply = {"ok": False, "error": "request too long or too slow"}
         except ConnectionError:
@@ -69,7 +70,41 @@ async def close(server_task, path: str) -> None:
         pass
 
 
-def answer(daemon, line: bytes) -> dict:
+MUTATING = ("setlink", "join", "leave")
+
+
+def _may_change(writer, group: str | None) -> bool:
+    """Whether the peer may change things (setlink, join, leave): root, the daemon's own user,
+    or a member of ``control_group``.  Anyone who can connect may read."""
+    sock = writer.get_extra_info("socket")
+    try:
+        pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                             struct.calcsize("3i")))
+    except (OSError, AttributeError):
+        return False
+    if uid in (0, os.geteuid()):
+        return True
+    if not group:
+        return False
+    try:
+        wanted = grp_db.getgrnam(group).gr_gid
+    except KeyError:
+        return False
+    return gid == wanted or wanted in _supplementary_groups(pid)
+
+
+def _supplementary_groups(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except OSError:
+        pass
+    return set()
+
+
+def answer(daemon, line: bytes, may_change: bool = True) -> dict:
     try:
         req = json.loads(line)
         if not isinstance(req, dict):
@@ -77,6 +112,9 @@ def answer(daemon, line: bytes) -> dict:
     except ValueError:
         return {"ok": False, "error": "malformed request: expected one JSON object per line"}
     cmd = req.get("cmd")
+    if cmd in MUTATING and not may_change:
+        return {"ok": False, "error": f"{cmd}: permission denied (root, the daemon's user or "
+                                     f"the control group only)"}
     if cmd == "ping":
         return {"ok": True, "data": "pong"}
     if cmd == "show":

@@ -138,3 +138,27 @@ def test_a_node_with_the_wrong_key_or_none_forms_no_adjacency(tmp_path):
             if p.poll() is None:
                 p.kill()
         netns.down(name)
+
+
+def test_an_unprivileged_user_may_read_but_not_change(tmp_path):
+    import shutil
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) not installed")
+    name = f"sktest{os.urandom(3).hex()}"
+    try:
+        st = netns.up(topology.demo(), name)
+        n1 = st["nodes"][0]
+        os.chmod(n1["control_socket"], 0o666)  # as if the user were in the control group
+        os.chmod(st["state_dir"], 0o755)
+        env = dict(netns.child_env(), SPINES_KR_SOCKET=n1["control_socket"])
+        as_nobody = ["ip", "netns", "exec", n1["netns"], "setpriv", "--reuid=65534",
+                     "--regid=65534", "--clear-groups", sys.executable, "-m", "spines_kr"]
+        read = subprocess.run(as_nobody + ["show", "status"], env=env, capture_output=True, text=True)
+        assert read.returncode == 0, read.stderr
+        for cmd in (["join", "240.9.9.9"], ["setlink", "0", "50", "0", "0", n1["logical_id"], "10.200.0.2"]):
+            out = subprocess.run(as_nobody + cmd, env=env, capture_output=True, text=True)
+            assert out.returncode == 1 and "permission denied" in out.stderr, out
+        groups = request(n1["control_socket"], {"cmd": "show", "what": "groups"})["data"]
+        assert not any(g["group"] == "240.9.9.9" for g in groups)
+    finally:
+        netns.down(name)
