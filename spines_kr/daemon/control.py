@@ -105,12 +105,20 @@ def _supplementary_groups(pid: int) -> set[int]:
 
 
 def answer(daemon, line: bytes, may_change: bool = True) -> dict:
+    """The reply to one request line; never raises (a request is input from outside)."""
     try:
         req = json.loads(line)
         if not isinstance(req, dict):
             raise ValueError
-    except ValueError:
+    except (ValueError, RecursionError):
         return {"ok": False, "error": "malformed request: expected one JSON object per line"}
+    try:
+        return _dispatch(daemon, req, may_change)
+    except (ValueError, TypeError, OverflowError, KeyError, AttributeError) as e:
+        return {"ok": False, "error": f"bad request: {type(e).__name__}: {e}"}
+
+
+def _dispatch(daemon, req: dict, may_change: bool) -> dict:
     cmd = req.get("cmd")
     if cmd in MUTATING and not may_change:
         return {"ok": False, "error": f"{cmd}: permission denied (root, the daemon's user or "

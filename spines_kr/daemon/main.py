@@ -633,7 +633,7 @@ class Daemon:
                         ("burst_pct", 100)):
             try:
                 values[key] = float(req[key])
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError):
                 raise ValueError(f"setlink: {key} must be a number") from None
             if not 0 <= values[key] <= hi:
                 raise ValueError(f"setlink: {key} {values[key]:g} is out of range 0..{hi}")

@@ -358,7 +358,9 @@ class Node:
             if lsa.origin == self.id:
                 own = self.lsdb.lsas[self.id]
                 order = lsdbmod.compare(lsa, own)
-                if order == lsdbmod.NEWER:
+                if order == lsdbmod.NEWER and lsa.seq >= wire.MAX_SEQ - 1:
+                    self.counters["dropped.seq_exhausted"] += 1  # no number left past it
+                elif order == lsdbmod.NEWER:
                     # We restarted and the overlay remembers a newer self: jump past it.
                     self.seq = max(self.seq, lsa.seq)
                     self._originate(now, force=True)

@@ -27,6 +27,7 @@ import struct
 from dataclasses import dataclass
 
 import structlog
+from pyroute2.netlink.exceptions import NetlinkDecodeError
 
 from spines_kr.netlink.kernel import (
     RECV_SIZE, RTM_DELADDR, RTM_DELLINK, RTM_DELROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE,
@@ -69,8 +70,22 @@ class Overflow:
 Event = LinkEvent | AddrEvent | RouteEvent | Overflow
 
 
+MALFORMED = (struct.error, ValueError, KeyError, IndexError, OverflowError, TypeError,
+             NetlinkDecodeError)  # pyroute2's decoders raise NetlinkNLADecodeError or KeyError
+
+
 def decode_event(mtype: int, payload: bytes) -> Event | None:
-    """The event of one notification, or None for messages we do not watch."""
+    """The event of one notification, or None for messages we do not watch and for malformed
+    ones (never raises: the kernel does not send garbage, but nothing here may crash the
+    daemon if something else writes to our socket)."""
+    try:
+        return _decode_event(mtype, payload)
+    except MALFORMED as e:
+        log.warning("netlink.event.malformed", type=mtype, error=repr(e))
+        return None
+
+
+def _decode_event(mtype: int, payload: bytes) -> Event | None:
     if mtype in (RTM_NEWLINK, RTM_DELLINK):
         link = decode_link(payload, mtype)
         return LinkEvent(link.ifindex, link.name, link.up and mtype == RTM_NEWLINK)
@@ -117,11 +132,7 @@ class KernelWatch:
                 overflow = True
                 continue
             for mtype, _flags, _seq, payload in iter_messages(data):
-                try:
-                    event = decode_event(mtype, payload)
-                except (struct.error, ValueError) as e:
-                    log.warning("netlink.event.malformed", type=mtype, error=str(e))
-                    continue
+                event = decode_event(mtype, payload)
                 if event is not None:
                     events.append(event)
         return [Overflow()] if overflow else events

@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import structlog
+from pyroute2.netlink.exceptions import NetlinkDecodeError
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
@@ -205,13 +206,38 @@ def decode_rtmsg(payload: bytes) -> RtMsg:
     return RtMsg(family, f"{dst}/{dst_len}", table, protocol, rtype, attrs)
 
 
+MALFORMED = (struct.error, ValueError, KeyError, IndexError, OverflowError, TypeError,
+             NetlinkDecodeError)
+
+
+def pyroute2_decode(msg):
+    """Decode a pyroute2 message; whatever pyroute2 raises on garbage (NetlinkNLADecodeError,
+    KeyError, ...) becomes ValueError, the one rejection our decoders use (found by fuzzing)."""
+    try:
+        msg.decode()
+    except Exception as e:  # noqa: BLE001 - pyroute2 raises anything on malformed input
+        raise ValueError(f"malformed netlink message: {e!r}") from None
+    return msg
+
+
+def kernel_input(fn):
+    """Entry points that read the kernel's answers raise only OSError (EBADMSG for a malformed
+    message), which the daemon handles: a failed dump or sync is logged and retried."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MALFORMED as e:
+            raise OSError(errno.EBADMSG, f"malformed netlink message from the kernel: {e!r}") from None
+    return wrapper
+
+
 def _with_header(mtype: int, payload: bytes) -> bytes:
     return NLMSGHDR.pack(NLMSGHDR.size + len(payload), mtype, 0, 0, 0) + payload
 
 
 def decode_link(payload: bytes, mtype: int = RTM_NEWLINK) -> LinkState:
-    msg = ifinfmsg(_with_header(mtype, payload))
-    msg.decode()
+    msg = pyroute2_decode(ifinfmsg(_with_header(mtype, payload)))
     flags = msg["flags"]
     name = msg.get_attr("IFLA_IFNAME") or ""
     if isinstance(name, bytes):  # pyroute2 0.9.7 hands back bytes it cannot decode as text
@@ -221,12 +247,13 @@ def decode_link(payload: bytes, mtype: int = RTM_NEWLINK) -> LinkState:
 
 def decode_addr(payload: bytes, mtype: int = RTM_NEWADDR) -> tuple[int, int, str, int] | None:
     """(family, ifindex, local address, prefixlen), or None without an IPv4 address."""
-    msg = ifaddrmsg(_with_header(mtype, payload))
-    msg.decode()
+    msg = pyroute2_decode(ifaddrmsg(_with_header(mtype, payload)))
     # IFA_LOCAL is the local address; IFA_ADDRESS is the peer on point-to-point links.
     address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
     if msg["family"] != socket.AF_INET or not address:
         return None
+    if not isinstance(address, str):  # pyroute2 returns raw bytes for a wrongly sized attribute
+        raise ValueError(f"malformed IFA_LOCAL/IFA_ADDRESS {address!r}")
     return msg["family"], msg["index"], address, msg["prefixlen"]
 
 
@@ -473,6 +500,8 @@ def decode_ack(mtype: int, flags: int, payload: bytes) -> tuple[int, str]:
     code = -I32.unpack_from(payload)[0]
     if not code:
         return 0, ""
+    if not 0 < code < 4096:  # not an errno (-INT_MIN, or a positive "error"): malformed
+        raise ValueError(f"netlink ack carries error {-code}, not a negative errno")
     # NLMSG_ERROR: error, the request's header (NLM_F_CAPPED) or whole request, then TLVs.
     # NLMSG_DONE: error, then TLVs.
     tlvs = I32.size
@@ -551,6 +580,7 @@ class RouteTable:
                     return
                 yield mtype, payload
 
+    @kernel_input
     def dump(self) -> RouteSet:
         """The installed routes of our slot (table, protocol, priority; unicast only)."""
         request = RTMSG.pack(socket.AF_INET, 0, 0, 0, _header_table(self.table), self.protocol, 0,
@@ -595,6 +625,7 @@ class RouteTable:
         # byte limit (a route of hundreds of hops) goes alone.
         return max(1, min(ROUTE_BATCH, rcvbuf // ACK_ROOM)), min(ROUTE_BATCH_BYTES, sndbuf // 2)
 
+    @kernel_input
     def apply(self, replace: list[Route], delete: list[Route]) -> list[RouteError]:
         """Write ``replace`` (create or replace) then ``delete``; return the failed writes.
 
@@ -690,6 +721,7 @@ class RouteTable:
                 return True
         return False
 
+    @kernel_input
     def links(self) -> dict[int, LinkState]:
         request = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         links = {}
@@ -699,6 +731,7 @@ class RouteTable:
                 links[link.ifindex] = link
         return links
 
+    @kernel_input
     def local_addresses(self) -> list[tuple[int, str, int]]:
         """IPv4 (ifindex, address, prefixlen) of every local address, sorted."""
         request = IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0)

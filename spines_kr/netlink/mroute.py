@@ -123,7 +123,7 @@ from spines_kr.netlink.kernel import (
     IFADDRMSG, IFINFOMSG, NETLINK_GET_STRICT_CHK, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST,
     NLMSGHDR, RTA_MULTIPATH, RTA_TABLE, RTM_GETADDR, RTM_GETLINK, RTM_GETROUTE, RTM_NEWADDR,
     RTM_NEWLINK, RTM_NEWROUTE, RTMSG, RTNEXTHOP, SOL_NETLINK, U32, _align, _attr, decode_addr,
-    decode_link, open_socket, parse_attrs,
+    decode_link, kernel_input, open_socket, parse_attrs,
 )
 from spines_kr.netlink.nexthop import _dump, _exchange
 from spines_kr.netlink.nsenter import socket_in_netns
@@ -603,6 +603,7 @@ class MulticastRouter:
                                        f"{e.strerror}") from None
         return True
 
+    @kernel_input
     def dump(self) -> dict[tuple[str, str], MfcEntry]:
         """The (S,G) entries of our table by (source, group), unresolved ones with iif None.
 

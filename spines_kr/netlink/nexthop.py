@@ -117,7 +117,8 @@ from spines_kr.netlink.kernel import (
     NLMSG_ERROR, NLMSGHDR, RECV_SIZE, RT_SCOPE_NOWHERE, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTA_NH_ID,
     RTA_PREFSRC, RTA_PRIORITY, RTA_TABLE, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWROUTE, RTMSG,
     RTN_UNICAST, SOL_NETLINK, U32, RouteTable, _align, _attr, _header_table, _ip, _route,
-    _u32, _with_header, decode_ack, decode_rtmsg, iter_messages, open_socket)
+    _u32, _with_header, decode_ack, decode_rtmsg, iter_messages, kernel_input, open_socket,
+    pyroute2_decode)
 from spines_kr.netlink.reconcile import RouteError
 from spines_kr.routing.model import NextHop, Route, RouteSet
 
@@ -297,12 +298,16 @@ def encode_nexthop(msg_type: int, seq: int, nh_id: int, obj: Object | None,
 
 def decode_nexthop(payload: bytes, msg_type: int = RTM_NEWNEXTHOP) -> NexthopMsg:
     """The nexthop of one RTM_NEWNEXTHOP/RTM_DELNEXTHOP payload (the bytes after nlmsghdr)."""
-    msg = nhmsg(_with_header(msg_type, payload))
-    msg.decode()
+    msg = pyroute2_decode(nhmsg(_with_header(msg_type, payload)))
     nh_id = msg.get_attr("NHA_ID") or 0
     obj: Object | None = None
     group = msg.get_attr("NHA_GROUP")
     gateway = msg.get_attr("NHA_GATEWAY")
+    # pyroute2 returns raw bytes for a wrongly sized attribute: reject, as our decoders do
+    if (not isinstance(nh_id, int) or not isinstance(gateway, (str, type(None)))
+            or not isinstance(group, (list, tuple, type(None)))
+            or not isinstance(msg.get_attr("NHA_OIF") or 0, int)):
+        raise ValueError("malformed nexthop message")
     if group and (msg.get_attr("NHA_GROUP_TYPE") or NEXTHOP_GRP_TYPE_MPATH) == \
             NEXTHOP_GRP_TYPE_MPATH:
         with contextlib.suppress(ValueError):
@@ -569,6 +574,7 @@ class NexthopTable:
     def probe(self) -> bool:
         return probe(self._sock, self._next_seq())
 
+    @kernel_input
     def dump_all(self) -> list[NexthopMsg]:
         """Every nexthop object of the namespace, of any protocol."""
         body = NHMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
@@ -576,6 +582,7 @@ class NexthopTable:
                 for mtype, payload in _dump(self._sock, self._next_seq(), RTM_GETNEXTHOP, body)
                 if mtype == RTM_NEWNEXTHOP]
 
+    @kernel_input
     def dump(self) -> dict[int, Object]:
         """Our objects: our protocol, an id in our range, a kind we write (gateway or group)."""
         return self.split(self.dump_all())[0]
@@ -592,6 +599,7 @@ class NexthopTable:
                 taken.add(m.id)
         return ours, taken
 
+    @kernel_input
     def apply(self, replace: Mapping[int, Object], delete: Iterable[int]) -> list[NexthopError]:
         """Create or replace ``replace`` and delete ``delete``; return the failed writes.
 
@@ -637,6 +645,7 @@ class NexthopTable:
                 errors.append(NexthopError(nh_id, obj, op, code, message))
         return errors
 
+    @kernel_input
     def dump_routes(self, table: int = RT_TABLE_MAIN,
                     priority: int = 20) -> tuple[RouteSet, dict[str, NhRoute]]:
         """(classic routes, routes through nexthop objects) of our (table, protocol, priority)."""
@@ -672,6 +681,7 @@ class NexthopTable:
                 found.add(nh_id)
         return found
 
+    @kernel_input
     def apply_routes(self, replace: Iterable[NhRoute], delete: Iterable[NhRoute] = (), *,
                      table: int = RT_TABLE_MAIN,
                      priority: int = 20) -> list[tuple[NhRoute, str, int, str]]:
@@ -738,6 +748,7 @@ class NexthopRouteTable:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @kernel_input
     def dump(self) -> RouteSet:
         objects = self.nexthops.dump()
         classic, via_id = self.nexthops.dump_routes(self.table, self.priority)
@@ -751,6 +762,7 @@ class NexthopRouteTable:
             routes[dst] = Route(dst, hops, r.prefsrc)
         return routes
 
+    @kernel_input
     def apply(self, replace: list[Route], delete: list[Route]) -> list[RouteError]:
         installed, taken = self.nexthops.split(self.nexthops.dump_all())
         plan = plan_groups({r.dst: r for r in replace}, installed,

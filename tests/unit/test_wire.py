@@ -81,7 +81,7 @@ def test_lsu_packets_split_to_budget():
 
 
 u32 = st.integers(0, 2**32 - 1)
-lsas = st.builds(lambda o, s, l, g: w.LSA.make(o, s, l, (), g), u32, st.integers(0, 2**64 - 1),
+lsas = st.builds(lambda o, s, l, g: w.LSA.make(o, s, l, (), g), u32, st.integers(0, w.MAX_SEQ - 1),
                  st.lists(st.tuples(u32, u32), max_size=8), st.lists(u32, max_size=4))
 
 
