@@ -151,19 +151,26 @@ def control_path(args) -> str:
     return default_control_socket(port)
 
 
-def cmd_show(args) -> int:
+def ask(args, req: dict):
+    """One request to the daemon; its data, or None after printing one line of error."""
     from spines_kr.daemon.control import request
 
     path = control_path(args)
     try:
-        reply = request(path, {"cmd": "show", "what": args.what})
+        reply = request(path, req)
     except OSError as e:
         print(f"spines-kr: error: no daemon at {path}: {e.strerror or e}", file=sys.stderr)
-        return 1
+        return None
     if not reply.get("ok"):
         print(f"spines-kr: error: {reply.get('error')}", file=sys.stderr)
+        return None
+    return reply["data"]
+
+
+def cmd_show(args) -> int:
+    data = ask(args, {"cmd": "show", "what": args.what})
+    if data is None:
         return 1
-    data = reply["data"]
     if (args.dot or args.png) and args.what != "topology":
         raise UsageError("show: --dot and --png draw the topology only")
     if args.dot or args.png:
@@ -250,20 +257,12 @@ def _setlink_parser(sub) -> None:
 
 
 def cmd_setlink(args) -> int:
-    from spines_kr.daemon.control import request
-
-    path = control_path(args)
     req = {"cmd": "setlink", "bandwidth_kbps": args.bandwidth, "latency_ms": args.latency,
            "loss_pct": args.loss, "burst_pct": args.burst, "source": args.source, "dest": args.dest}
-    try:
-        reply = request(path, req)
-    except OSError as e:
-        print(f"spines-kr: error: no daemon at {path}: {e.strerror or e}", file=sys.stderr)
+    data = ask(args, req)
+    if data is None:
         return 1
-    if not reply.get("ok"):
-        print(f"spines-kr: error: {reply.get('error')}", file=sys.stderr)
-        return 1
-    for item in reply["data"]["links"]:
+    for item in data["links"]:
         print(f"{item['link']}: daemon traffic {item['daemon']}; kernel traffic: {item['kernel']}")
     return 0
 
@@ -280,18 +279,9 @@ def _join_parsers(sub) -> None:
 
 
 def cmd_join(args) -> int:
-    from spines_kr.daemon.control import request
-
-    path = control_path(args)
-    try:
-        reply = request(path, {"cmd": args.command, "group": args.group})
-    except OSError as e:
-        print(f"spines-kr: error: no daemon at {path}: {e.strerror or e}", file=sys.stderr)
+    d = ask(args, {"cmd": args.command, "group": args.group})
+    if d is None:
         return 1
-    if not reply.get("ok"):
-        print(f"spines-kr: error: {reply.get('error')}", file=sys.stderr)
-        return 1
-    d = reply["data"]
     state = "member of" if d["member"] else "not a member of"
     print(f"{state} {d['group']}" + ("" if d["changed"] else " (already)"))
     return 0

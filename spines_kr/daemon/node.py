@@ -40,6 +40,7 @@ from spines_kr.wire import packets as wire
 from spines_kr.wire.auth import KeyRing
 
 EXPIRE_EVERY = 1.0
+SEQ_HEADROOM = 1 << 32  # an own LSA this close to the maximum is not jumped past
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,9 @@ class Node:
     def _originate(self, now: float, force: bool = False, links=None) -> None:
         links = self._own_links() if links is None else links
         own = self.lsdb.lsas.get(self.id)
+        if self.seq + 1 >= wire.MAX_SEQ:
+            self.counters["seq_exhausted"] += 1  # unreachable in practice: 2**64 originations
+            return
         candidate = wire.LSA.make(self.id, self.seq + 1, links, self.p.prefixes, self.groups)
         if not force and own is not None and _body(own) == _body(candidate):
             return
@@ -358,8 +362,9 @@ class Node:
             if lsa.origin == self.id:
                 own = self.lsdb.lsas[self.id]
                 order = lsdbmod.compare(lsa, own)
-                if order == lsdbmod.NEWER and lsa.seq >= wire.MAX_SEQ - 1:
-                    self.counters["dropped.seq_exhausted"] += 1  # no number left past it
+                if order == lsdbmod.NEWER and lsa.seq >= wire.MAX_SEQ - SEQ_HEADROOM:
+                    # jumping there would leave too few numbers to originate with: refuse
+                    self.counters["dropped.seq_exhausted"] += 1
                 elif order == lsdbmod.NEWER:
                     # We restarted and the overlay remembers a newer self: jump past it.
                     self.seq = max(self.seq, lsa.seq)

@@ -23,8 +23,8 @@ import socket
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from spines_kr import RTPROT_SPINES
-from spines_kr.netlink.kernel import NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSGHDR, open_socket
-from spines_kr.netlink.nexthop import _dump, _exchange
+from spines_kr.netlink.kernel import (NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSGHDR,
+                                      dump_request, exchange, open_socket)
 
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 LOOPBACK_IFINDEX = 1  # lo is ifindex 1 in every network namespace
@@ -62,7 +62,7 @@ class LoopbackAddresses:
     def dump(self) -> set[str]:
         found = set(self.added)
         body = bytes([socket.AF_INET]) + bytes(7)  # struct ifaddrmsg: only the family
-        for _mtype, payload in _dump(self._sock, self._next(), RTM_GETADDR, body):
+        for _mtype, payload in dump_request(self._sock, self._next(), RTM_GETADDR, body):
             msg = ifaddrmsg(NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_NEWADDR, 0, 0, 0)
                             + payload)
             msg.decode()
@@ -72,7 +72,7 @@ class LoopbackAddresses:
 
     def _write(self, msg_type: int, address: str) -> None:
         seq = self._next()
-        code, message = _exchange(self._sock, [(seq, _addr(msg_type, seq, address,
+        code, message = exchange(self._sock, [(seq, _addr(msg_type, seq, address,
                                                            self.protocol))])[seq]
         ok = (code == 0 or (msg_type == RTM_NEWADDR and code == errno.EEXIST)
               or (msg_type == RTM_DELADDR and code == errno.EADDRNOTAVAIL))

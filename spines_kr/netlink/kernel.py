@@ -528,6 +528,41 @@ def open_socket(netns: str | None, groups: int = 0) -> socket.socket:
     return sock
 
 
+def dump_request(sock: socket.socket, seq: int, msg_type: int, body: bytes) -> Iterator[tuple[int, bytes]]:
+    """Send one dump request; yield (type, payload) of its answers; OSError on an error."""
+    sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP,
+                            seq, 0) + body)
+    while True:
+        for mtype, flags, mseq, payload in iter_messages(sock.recv(RECV_SIZE)):
+            if mseq != seq:
+                continue  # left over from an abandoned request
+            if mtype in (NLMSG_DONE, NLMSG_ERROR):
+                code, message = decode_ack(mtype, flags, payload)
+                if code:
+                    raise OSError(code, message)
+                return
+            yield mtype, payload
+
+
+def exchange(sock: socket.socket, requests: list[tuple[int, bytes]]) -> dict[int, tuple[int, str]]:
+    """Send (seq, request) pairs BATCH to a datagram, in order; return (errno, message) per seq.
+
+    The kernel handles the requests of a datagram in order and
+    queues one ack each before send() returns; acks are matched by sequence number.
+    """
+    acks: dict[int, tuple[int, str]] = {}
+    for start in range(0, len(requests), BATCH):
+        batch = requests[start:start + BATCH]
+        pending = {seq for seq, _data in batch}
+        sock.send(b"".join(data for _seq, data in batch))
+        while pending:
+            for mtype, flags, seq, payload in iter_messages(sock.recv(RECV_SIZE)):
+                if mtype == NLMSG_ERROR and seq in pending:
+                    pending.discard(seq)
+                    acks[seq] = decode_ack(mtype, flags, payload)
+    return acks
+
+
 # --- the route table --------------------------------------------------------------------------
 
 
@@ -566,19 +601,7 @@ class RouteTable:
 
     def _dump(self, msg_type: int, body: bytes) -> Iterator[tuple[int, bytes]]:
         """Send one dump request; yield (type, payload) of its answers; OSError on an error."""
-        seq = self._next_seq()
-        self._sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type,
-                                      NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
-        while True:
-            for mtype, flags, mseq, payload in iter_messages(self._sock.recv(RECV_SIZE)):
-                if mseq != seq:
-                    continue  # left over from an abandoned request
-                if mtype in (NLMSG_DONE, NLMSG_ERROR):
-                    code, message = decode_ack(mtype, flags, payload)
-                    if code:
-                        raise OSError(code, message)
-                    return
-                yield mtype, payload
+        return dump_request(self._sock, self._next_seq(), msg_type, body)
 
     @kernel_input
     def dump(self) -> RouteSet:

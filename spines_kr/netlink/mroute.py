@@ -123,9 +123,8 @@ from spines_kr.netlink.kernel import (
     IFADDRMSG, IFINFOMSG, NETLINK_GET_STRICT_CHK, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST,
     NLMSGHDR, RTA_MULTIPATH, RTA_TABLE, RTM_GETADDR, RTM_GETLINK, RTM_GETROUTE, RTM_NEWADDR,
     RTM_NEWLINK, RTM_NEWROUTE, RTMSG, RTNEXTHOP, SOL_NETLINK, U32, _align, _attr, decode_addr,
-    decode_link, kernel_input, open_socket, parse_attrs,
+    decode_link, dump_request, exchange, kernel_input, open_socket, parse_attrs,
 )
-from spines_kr.netlink.nexthop import _dump, _exchange
 from spines_kr.netlink.nsenter import socket_in_netns
 from spines_kr.netlink.rules import default_priority
 
@@ -615,7 +614,7 @@ class MulticastRouter:
         vifi_of = {ifindex: vifi for vifi, ifindex in self._vifs.items()}
         entries = {}
         try:
-            for mtype, payload in _dump(self._netlink(), self._next_seq(), RTM_GETROUTE, request):
+            for mtype, payload in dump_request(self._netlink(), self._next_seq(), RTM_GETROUTE, request):
                 if mtype != RTM_NEWROUTE:
                     continue
                 try:
@@ -717,7 +716,7 @@ class MulticastRouter:
         seq = self._next_seq()
         priority = self.rule_priority if priority is None else priority
         request = encode_mrule(msg_type, seq, ifname, self.table, priority, self.protocol)
-        code, message = _exchange(self._netlink(), [(seq, request)])[seq]
+        code, message = exchange(self._netlink(), [(seq, request)])[seq]
         if code and not ((msg_type == RTM_NEWRULE and code == errno.EEXIST)
                          or (msg_type == RTM_DELRULE and code == errno.ENOENT)):
             verb = "add" if msg_type == RTM_NEWRULE else "delete"
@@ -736,7 +735,7 @@ class MulticastRouter:
     def _our_rules(self) -> Iterator[tuple[str, int]]:
         """(iifname, priority) of the multicast rules with our protocol and table."""
         body = FIB_RULE_HDR.pack(RTNL_FAMILY_IPMR, 0, 0, 0, 0, 0, 0, 0, 0)
-        for _mtype, payload in list(_dump(self._netlink(), self._next_seq(), RTM_GETRULE, body)):
+        for _mtype, payload in list(dump_request(self._netlink(), self._next_seq(), RTM_GETRULE, body)):
             msg = fibmsg(NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_NEWRULE, 0, 0, 0)
                          + payload)
             msg.decode()
@@ -753,7 +752,7 @@ class MulticastRouter:
     def _ifname(self, ifindex: int) -> str:
         request = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         names = {}
-        for mtype, payload in _dump(self._netlink(), self._next_seq(), RTM_GETLINK, request):
+        for mtype, payload in dump_request(self._netlink(), self._next_seq(), RTM_GETLINK, request):
             if mtype == RTM_NEWLINK:
                 link = decode_link(payload)
                 names[link.ifindex] = link.name
@@ -774,7 +773,7 @@ class MulticastRouter:
 
     def _addresses(self) -> Iterable[str]:
         request = IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0)
-        for mtype, payload in _dump(self._netlink(), self._next_seq(), RTM_GETADDR, request):
+        for mtype, payload in dump_request(self._netlink(), self._next_seq(), RTM_GETADDR, request):
             addr = decode_addr(payload) if mtype == RTM_NEWADDR else None
             if addr is not None:
                 yield addr[2]

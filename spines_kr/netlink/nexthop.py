@@ -117,8 +117,8 @@ from spines_kr.netlink.kernel import (
     NLMSG_ERROR, NLMSGHDR, RECV_SIZE, RT_SCOPE_NOWHERE, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTA_NH_ID,
     RTA_PREFSRC, RTA_PRIORITY, RTA_TABLE, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWROUTE, RTMSG,
     RTN_UNICAST, SOL_NETLINK, U32, RouteTable, _align, _attr, _header_table, _ip, _route,
-    _u32, _with_header, decode_ack, decode_rtmsg, iter_messages, kernel_input, open_socket,
-    pyroute2_decode)
+    _u32, _with_header, decode_ack, decode_rtmsg, dump_request, exchange, iter_messages,
+    kernel_input, open_socket, pyroute2_decode)
 from spines_kr.netlink.reconcile import RouteError
 from spines_kr.routing.model import NextHop, Route, RouteSet
 
@@ -488,41 +488,6 @@ class NhRoute(NamedTuple):
     prefsrc: str | None = None
 
 
-def _dump(sock: socket.socket, seq: int, msg_type: int, body: bytes) -> Iterator[tuple[int, bytes]]:
-    """Send one dump request; yield (type, payload) of its answers; OSError on an error."""
-    sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP,
-                            seq, 0) + body)
-    while True:
-        for mtype, flags, mseq, payload in iter_messages(sock.recv(RECV_SIZE)):
-            if mseq != seq:
-                continue  # left over from an abandoned request
-            if mtype in (NLMSG_DONE, NLMSG_ERROR):
-                code, message = decode_ack(mtype, flags, payload)
-                if code:
-                    raise OSError(code, message)
-                return
-            yield mtype, payload
-
-
-def _exchange(sock: socket.socket, requests: list[tuple[int, bytes]]) -> dict[int, tuple[int, str]]:
-    """Send (seq, request) pairs BATCH to a datagram, in order; return (errno, message) per seq.
-
-    As ``RouteTable._apply_batch``: the kernel handles the requests of a datagram in order and
-    queues one ack each before send() returns; acks are matched by sequence number.
-    """
-    acks: dict[int, tuple[int, str]] = {}
-    for start in range(0, len(requests), BATCH):
-        batch = requests[start:start + BATCH]
-        pending = {seq for seq, _data in batch}
-        sock.send(b"".join(data for _seq, data in batch))
-        while pending:
-            for mtype, flags, seq, payload in iter_messages(sock.recv(RECV_SIZE)):
-                if mtype == NLMSG_ERROR and seq in pending:
-                    pending.discard(seq)
-                    acks[seq] = decode_ack(mtype, flags, payload)
-    return acks
-
-
 def probe(sock: socket.socket, seq: int = 1) -> bool:
     """Whether the kernel behind ``sock`` (NETLINK_ROUTE) has nexthop objects (Linux >= 5.3).
 
@@ -530,7 +495,7 @@ def probe(sock: socket.socket, seq: int = 1) -> bool:
     answer EOPNOTSUPP (EINVAL from some backports).  Other errors are raised.
     """
     try:
-        for _ in _dump(sock, seq, RTM_GETNEXTHOP, NHMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+        for _ in dump_request(sock, seq, RTM_GETNEXTHOP, NHMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
             pass
     except OSError as e:
         if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
@@ -579,7 +544,7 @@ class NexthopTable:
         """Every nexthop object of the namespace, of any protocol."""
         body = NHMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         return [decode_nexthop(payload, mtype)
-                for mtype, payload in _dump(self._sock, self._next_seq(), RTM_GETNEXTHOP, body)
+                for mtype, payload in dump_request(self._sock, self._next_seq(), RTM_GETNEXTHOP, body)
                 if mtype == RTM_NEWNEXTHOP]
 
     @kernel_input
@@ -639,7 +604,7 @@ class NexthopTable:
                 continue
             requests.append((seq, data))
             pending[seq] = (op, nh_id, obj)
-        for seq, (code, message) in _exchange(self._sock, requests).items():
+        for seq, (code, message) in exchange(self._sock, requests).items():
             op, nh_id, obj = pending[seq]
             if code and not (op == "delete" and code == errno.ENOENT):
                 errors.append(NexthopError(nh_id, obj, op, code, message))
@@ -654,7 +619,7 @@ class NexthopTable:
         classic: RouteSet = {}
         via_id: dict[str, NhRoute] = {}
         try:
-            for _mtype, payload in _dump(self._sock, self._next_seq(), RTM_GETROUTE, request):
+            for _mtype, payload in dump_request(self._sock, self._next_seq(), RTM_GETROUTE, request):
                 msg = decode_rtmsg(payload)
                 prio = _u32(msg.attrs[RTA_PRIORITY]) if RTA_PRIORITY in msg.attrs else 0
                 if (msg.family, msg.protocol, msg.table, msg.type, prio) != (
@@ -675,7 +640,7 @@ class NexthopTable:
         """The nexthop ids that IPv4 routes of our protocol use, in every table and priority."""
         request = RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, self.protocol, 0, RTN_UNICAST, 0)
         found = set()
-        for _mtype, payload in _dump(self._sock, self._next_seq(), RTM_GETROUTE, request):
+        for _mtype, payload in dump_request(self._sock, self._next_seq(), RTM_GETROUTE, request):
             msg = decode_rtmsg(payload)
             if msg.protocol == self.protocol and (nh_id := route_nh_id(msg)) is not None:
                 found.add(nh_id)
@@ -701,7 +666,7 @@ class NexthopTable:
                     continue
                 requests.append((seq, data))
                 pending[seq] = (r, op)
-        for seq, (code, message) in _exchange(self._sock, requests).items():
+        for seq, (code, message) in exchange(self._sock, requests).items():
             r, op = pending[seq]
             if code and not (op == "delete" and code == errno.ESRCH):
                 failed.append((r, op, code, message))

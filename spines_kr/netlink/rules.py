@@ -25,8 +25,8 @@ import socket
 from pyroute2.netlink.rtnl.fibmsg import fibmsg
 
 from spines_kr import RTPROT_SPINES
-from spines_kr.netlink.kernel import NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSGHDR, open_socket
-from spines_kr.netlink.nexthop import _dump, _exchange
+from spines_kr.netlink.kernel import (NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSGHDR,
+                                      dump_request, exchange, open_socket)
 
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 FR_ACT_TO_TBL = 1
@@ -73,7 +73,7 @@ class RuleTable:
         """Priorities of IPv4 rules with our protocol that look up our table."""
         found = []
         body = bytes([socket.AF_INET]) + bytes(11)  # struct fib_rule_hdr: only the family
-        for _mtype, payload in _dump(self._sock, self._next(), RTM_GETRULE, body):
+        for _mtype, payload in dump_request(self._sock, self._next(), RTM_GETRULE, body):
             msg = fibmsg(_header(payload))
             msg.decode()
             if (msg.get_attr("FRA_PROTOCOL") == self.protocol
@@ -103,7 +103,7 @@ class RuleTable:
 
     def _write(self, msg_type: int, priority: int) -> None:
         seq = self._next()
-        code, message = _exchange(self._sock, [(seq, _rule(msg_type, seq, self.table, priority,
+        code, message = exchange(self._sock, [(seq, _rule(msg_type, seq, self.table, priority,
                                                            self.protocol))])[seq]
         ok = (code == 0 or (msg_type == RTM_NEWRULE and code == errno.EEXIST)
               or (msg_type == RTM_DELRULE and code == errno.ENOENT))

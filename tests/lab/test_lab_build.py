@@ -83,6 +83,7 @@ def test_up_builds_the_ring_and_down_removes_it(lab_name):
     args = json.loads(Path(n1["log"]).read_text())
     assert args == ["daemon", "-p", "8100", "-l", "10.100.0.1", "-I", "10.200.0.1",
                     "-I", "10.200.0.18", "-a", "10.200.0.2", "-a", "10.200.0.17", "-k", "0", "-k", "1",
+                    "--key-file", str(Path(st["state_dir"]) / "key.toml"),
                     "-m", "-w", "distance", "-lf", n1["log"], "-ud",
                     str(Path(st["state_dir"]) / "n1.ipc"), "--control-socket",
                     n1["control_socket"]]

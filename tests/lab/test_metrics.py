@@ -105,7 +105,9 @@ def test_loss_metric_avoids_a_lossy_two_hop_path():
                         20) is not None, ops.path(st, "n1", "n5")
         routes = request(node(st, "n1")["control_socket"], {"cmd": "show", "what": "routes"})["data"]
         to_n5 = next(r for r in routes if r["dst"] == node(st, "n5")["logical_id"] + "/32")
-        assert to_n5["metric"] == "loss" and to_n5["cost"] == 3  # three clean links, 1 each
+        # three clean links cost 1 each (a hello lost under load may add a little); the
+        # 10 % link alone would cost about 1,054
+        assert to_n5["metric"] == "loss" and 3 <= to_n5["cost"] < 1000
     finally:
         netns.down(name)
 
