@@ -71,8 +71,8 @@ async def serve(daemon, listen: str):
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
-            while (h := await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
+            while await asyncio.wait_for(reader.readline(), 5) not in (b"\r\n", b"\n", b""):
+                pass  # headers: read and ignored
             parts = line.decode("latin-1").split()
             if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] == "/metrics":
                 from spines_kr.daemon.control import VIEWS

@@ -58,7 +58,6 @@ raises ``TopologyError`` with a one-line message that starts with the field, e.g
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import tomllib
 from collections import Counter

@@ -102,7 +102,7 @@ import functools
 import ipaddress
 import socket
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -112,13 +112,11 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from spines_kr import RTPROT_SPINES
 from spines_kr.netlink.kernel import (
-    ACK_TIMEOUT, BATCH, NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK, NLATTR,
-    NLA_TYPE_MASK, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NLMSG_DONE,
-    NLMSG_ERROR, NLMSGHDR, RECV_SIZE, RT_SCOPE_NOWHERE, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTA_NH_ID,
+    ACK_TIMEOUT, NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK, NLATTR,
+    NLA_TYPE_MASK, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NLMSGHDR, RT_SCOPE_NOWHERE, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTA_NH_ID,
     RTA_PREFSRC, RTA_PRIORITY, RTA_TABLE, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWROUTE, RTMSG,
     RTN_UNICAST, SOL_NETLINK, U32, RouteTable, _align, _attr, _header_table, _ip, _route,
-    _u32, _with_header, decode_ack, decode_rtmsg, dump_request, exchange, iter_messages,
-    kernel_input, open_socket, pyroute2_decode)
+    _u32, _with_header, decode_rtmsg, dump_request, exchange, kernel_input, open_socket, pyroute2_decode)
 from spines_kr.netlink.reconcile import RouteError
 from spines_kr.routing.model import NextHop, Route, RouteSet
 

@@ -5,7 +5,6 @@ are counted by reason in ``show status``.  All traffic stays inside the lab's na
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap

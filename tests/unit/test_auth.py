@@ -1,8 +1,6 @@
 """The HMAC trailer and replay protection (pure), and the engine refusing what fails them."""
 
-import random
 
-from spines_kr.daemon.node import Node, Params
 from spines_kr.wire import packets as w
 from spines_kr.wire.auth import TRAILER_LEN, WINDOW, KeyRing
 from tests.unit.sim import Sim

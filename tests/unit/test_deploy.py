@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface
 from pathlib import Path
 
 import pytest

@@ -18,9 +18,9 @@ Contracts, read off the callers:
     with a reason the daemon counts (``REASONS``).
   * ``Node.receive``: never raises; every datagram adds one to ``packets_in`` and is either
     dropped (one ``dropped.<reason>``: the decoder's reason when it does not decode; an update's
-    LSAs may be dropped one by one) or processed; afterwards the engine still computes routes and originates its next three LSAs
-    (a group joined, then a tick that floods it), each with a sequence number below the
-    reserved ``MAX_SEQ``.  Also with HMAC authentication.
+    LSAs may be dropped one by one) or processed; afterwards the engine still computes routes
+    and originates its next three LSAs (a group joined, then a tick that floods it), each with
+    a sequence number below the reserved ``MAX_SEQ``.  Also with HMAC authentication.
   * netlink, two levels.  Decoders of one message (``decode_rtmsg``, ``decode_link``,
     ``decode_addr``, ``decode_ack``, ``decode_nexthop``) may reject malformed input with
     ``struct.error`` or ``ValueError`` and nothing else, and return values of the documented

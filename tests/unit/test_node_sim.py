@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from spines_kr.daemon.node import Node, Params
+from spines_kr.daemon.node import Node
 from spines_kr.wire import packets as w
 from tests.unit.sim import Sim
 

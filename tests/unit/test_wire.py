@@ -1,6 +1,5 @@
 """Wire format: golden bytes, round trips, and strict rejection of bad packets."""
 
-import struct
 
 import pytest
 from hypothesis import given, settings, strategies as st
