@@ -1,10 +1,17 @@
 """One validated daemon configuration from a TOML file and Spines-style flags (flags win).
 
-Data model: ``Config``, a frozen dataclass; ``FIELDS`` documents each key of the TOML file (the
-same names as the dataclass).  Entry points: ``load_file(path) -> dict`` (TOML -> raw values),
-``build(file_values, flag_values) -> Config`` (merge, validate).  Every problem raises
-``ConfigError`` with a one-line message naming the field; the CLI prints it and exits 2 before
-anything touches the kernel.
+Data model: ``Config``, a frozen dataclass whose fields *are* the description of every setting:
+each field is declared with ``setting(default, *flags, kind=..., ...)``, and that one
+declaration feeds the TOML file's checks (``build``), the daemon's command-line flags
+(``add_flags``), the protocol engine's parameters (``daemon.node.Params.from_config`` reads the
+fields marked ``engine``) and what a reload may change (``RESTART_ONLY``: the fields marked
+``reload=False``).  ``FIELDS`` maps names to dataclass fields; ``SETTINGS`` maps names to
+``Setting`` (kind, bounds, flags, help).
+
+Entry points: ``load_file(path) -> dict`` (TOML -> raw values), ``build(file_values, flag_values)
+-> Config`` (merge, validate), ``add_flags(parser)`` / ``flag_values(args)`` (argparse).  Every
+problem raises ``ConfigError`` with a one-line message naming the setting; the CLI prints it and
+exits 2 before anything touches the kernel.
 
 Spines' daemon flags and their keys here (Spines 5.x meaning):
     -p port            port             overlay UDP port, shared by all daemons (default 8100)
@@ -22,82 +29,165 @@ Spines' daemon flags and their keys here (Spines 5.x meaning):
     -lf file           log_file
     -ud path           ipc_path         client IPC path (data channel: path + "data")
     -c file            (the TOML file itself)
-Ours: prefixes (announced behind this node), multipath (+ multipath_tolerance for measured
-metrics), table/route_protocol/route_priority (our kernel slot), timers.
+Ours: prefixes (announced behind this node), multipath (on by default; + multipath_tolerance for
+measured metrics), table/route_protocol/route_priority (our kernel slot), limits, timers.
 Flags of Spines not implemented yet (-d, -W, -rl, -tf, -sf, -pc) are refused by the CLI with a
 message saying so.
+
+Addresses are strings in the TOML file ("10.0.0.1"): an integer such as ``logical_id = 5`` is
+refused, never read as 0.0.0.5.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from spines_kr import RTPROT_SPINES
-from spines_kr.routing.groups import ANYCAST, is_group
+from spines_kr.routing.groups import ANYCAST, LOCAL_MULTICAST, is_group
 from spines_kr.routing.metrics import ALL_METRICS
 
 KERNEL_LEVELS_IMPLEMENTED = {0, 1, 2, 3}
+RESERVED_TABLES = (0, 253, 255)
+NOT_AN_ID = (ipaddress.IPv4Network("0.0.0.0/8"), ipaddress.IPv4Network("127.0.0.0/8"),
+             ipaddress.IPv4Network("224.0.0.0/3"))  # this-network, loopback, multicast+class E
 
 
 class ConfigError(ValueError):
-    """A configuration problem; the message names the field."""
+    """A configuration problem; the message names the setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    kind: str  # ipv4 | ipv4s | int | ints | float | bool | choice | str | path | prefixes | groups
+    flags: tuple[str, ...] = ()
+    help: str = ""
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] = ()
+    reload: bool = True  # a SIGHUP may change it; False: kept until a restart
+    engine: bool = False  # a parameter of the protocol engine (daemon.node.Params)
+    optional: bool = False  # None is a valid value (unset)
+    metavar: str | None = None
+
+
+def setting(default: Any, *flags: str, kind: str, help: str = "", lo=None, hi=None,
+            choices: tuple[str, ...] = (), reload: bool = True, engine: bool = False,
+            metavar: str | None = None):
+    """A Config field and its description (kept in the field's metadata)."""
+    s = Setting(kind, flags, help, lo, hi, choices, reload, engine, default is None, metavar)
+    if isinstance(default, (list, set)):
+        raise TypeError("defaults must be immutable")
+    return field(default=default, metadata={"setting": s})
 
 
 @dataclass(frozen=True)
 class Config:
-    logical_id: str
-    port: int = 8100
-    local_addresses: tuple[str, ...] = ()
-    neighbors: tuple[str, ...] = ()
-    accept_unknown_neighbors: bool = True
-    metric: str = "distance"
-    kernel_levels: tuple[int, ...] = ()
-    accept_link_commands: bool = False
-    exit_after: float | None = None
-    unicast_only: bool = False
-    log_file: str | None = None
-    log_level: str = "info"
-    log_format: str = "auto"
-    ipc_path: str = ""
-    control_socket: str = ""
-    control_group: str | None = None
+    logical_id: str = setting("", "-l", "--logical-id", kind="ipv4", reload=False,
+                              help="this node's logical ID (IPv4; put it on lo)")
+    port: int = setting(8100, "-p", "--port", kind="int", lo=1, hi=65535, reload=False,
+                        help="overlay UDP port, the same on every daemon of the overlay")
+    local_addresses: tuple[str, ...] = setting(
+        (), "-I", "--local-address", kind="ipv4s", metavar="ADDRESS",
+        help="local address to run links from (repeatable); must be an address of this host")
+    neighbors: tuple[str, ...] = setting((), "-a", "--neighbor", kind="ipv4s", metavar="ADDRESS",
+                                         help="neighbor link address to create a link to (repeatable)")
+    accept_unknown_neighbors: bool = setting(True, kind="bool", engine=True,
+                                             help="form links with on-link daemons not listed")
+    metric: str = setting("distance", "-w", "--metric", kind="choice", choices=ALL_METRICS,
+                          engine=True, help="link metric: " + "|".join(ALL_METRICS))
+    kernel_levels: tuple[int, ...] = setting(
+        (), "-k", "--kernel", kind="ints", lo=0, hi=3, reload=False, engine=True,
+        metavar="LEVEL", help="kernel routing level (repeatable): 0 = a /32 route to every node "
+        "and prefix routes, 1 = anycast groups, 2 = multicast groups, 3 = 1/2 without the edge")
+    accept_link_commands: bool = setting(False, "-m", "--accept-link-commands", kind="bool",
+                                         help="accept setlink commands")
+    exit_after: float | None = setting(None, "-x", "--exit-after", kind="float", lo=0, hi=1e9,
+                                       reload=False, metavar="SECONDS",
+                                       help="exit gracefully after SECONDS")
+    unicast_only: bool = setting(False, "-U", "--unicast-only", kind="bool", reload=False,
+                                 help="Spines' unicast-only mode (accepted; changes nothing yet: "
+                                      "there is no multicast discovery to turn off)")
+    log_file: str | None = setting(None, "-lf", "--log-file", kind="path", reload=False,
+                                   metavar="FILE", help="append logs to FILE")
+    log_level: str = setting("info", "--log-level", kind="choice",
+                             choices=("debug", "info", "warning", "error"))
+    log_format: str = setting("auto", "--log-format", kind="choice",
+                              choices=("auto", "json", "console"), reload=False)
+    ipc_path: str = setting("", "-ud", "--ipc-path", kind="path", reload=False, metavar="PATH",
+                            help="client IPC path (default /tmp/spines<port>; data: PATH + 'data')")
+    control_socket: str = setting("", "--control-socket", kind="path", reload=False,
+                                  metavar="PATH", help="management socket path")
+    control_group: str | None = setting(None, kind="str", reload=False,
+                                        help="group whose members may change things")
     # kernel
-    table: int = 254
-    route_protocol: int = RTPROT_SPINES
-    route_priority: int = 20
-    rule_priority: int | None = None  # policy rule for a table other than main (default by table)
-    keep_routes: bool = False  # at clean exit keep our routes (a restart follows), else withdraw
-    prefsrc: bool = True
-    multipath: bool = False
-    multipath_tolerance: float = 0.1
-    multipath_weights: str = "equal"
-    nexthop_objects: str = "auto"  # multipath through kernel nexthop groups: auto|on|off
-    prefixes: tuple[str, ...] = ()
-    groups: tuple[str, ...] = ()  # joined at start (class D multicast, class E anycast)
-    anypath: bool = False  # anycast routes to all members at the best cost
-    spines_mappings: bool = False  # 247.x.y.z / 227.x.y.z routed as 10.x.y.z (Spines -k 1/2)
-    gateway_group: str = "240.220.11.1"
-    auth: str = "hmac-sha256"  # or "none", which must be said explicitly
-    key_file: str | None = None
-    max_nodes: int = 2000  # bounded state (issue: a neighbor must not exhaust our memory)
-    max_links_per_node: int = 128
-    max_prefixes_per_node: int = 256
-    max_groups_per_node: int = 256
-    max_dynamic_links: int = 64
-    max_packets_per_s: float = 400.0
-    metrics_listen: str = ""  # Prometheus endpoint "ADDRESS:PORT" (off when empty)
-    igmp_proxy: bool = True  # join/leave groups for hosts on our LANs from their IGMP reports
-    reconcile_interval_s: float = 30.0
-    startup_grace_s: float = 5.0
+    table: int = setting(254, "--table", kind="int", lo=1, hi=0xFFFFFFFF, reload=False,
+                         help="kernel route table (default 254, main)")
+    route_protocol: int = setting(RTPROT_SPINES, kind="int", lo=5, hi=255, reload=False)
+    route_priority: int = setting(20, "--route-priority", kind="int", lo=0, hi=0xFFFFFFFF,
+                                  reload=False, help="metric of our routes (default 20)")
+    rule_priority: int | None = setting(None, "--rule-priority", kind="int", lo=1, hi=32765,
+                                        reload=False,
+                                        help="priority of the policy rule for a table other than main")
+    keep_routes: bool = setting(False, "--keep-routes", kind="bool",
+                                help="keep our routes at clean exit (for a restart) instead of "
+                                     "withdrawing them")
+    prefsrc: bool = setting(True, kind="bool", engine=True)
+    multipath: bool = setting(True, "--multipath", kind="bool", engine=True,
+                              help="one route through every equal-cost next hop (default; "
+                                   "--no-multipath for one next hop)")
+    multipath_tolerance: float = setting(0.1, kind="float", lo=0, hi=1, engine=True)
+    multipath_weights: str = setting("equal", kind="choice", choices=("equal", "cost"),
+                                     engine=True)
+    nexthop_objects: str = setting("auto", kind="choice", choices=("auto", "on", "off"),
+                                   reload=False)
+    prefixes: tuple[str, ...] = setting((), "--prefix", kind="prefixes", engine=True,
+                                        metavar="PREFIX",
+                                        help="announce this prefix (behind this node; repeatable)")
+    groups: tuple[str, ...] = setting((), "--group", kind="groups", metavar="GROUP",
+                                      help="join this multicast (class D) or anycast (class E) "
+                                           "group (repeatable)")
+    anypath: bool = setting(False, "--anypath", kind="bool", engine=True,
+                            help="anycast routes to all members at the best cost")
+    spines_mappings: bool = setting(False, "--spines-mappings", kind="bool", engine=True,
+                                    help="route 247.x.y.z anycast / 227.x.y.z multicast as "
+                                         "10.x.y.z (Spines)")
+    gateway_group: str = setting("240.220.11.1", kind="ipv4", engine=True)
+    auth: str = setting("hmac-sha256", "--auth", kind="choice", choices=("hmac-sha256", "none"),
+                        reload=False, help="authenticate control packets (default) or not "
+                                           "(none: say so explicitly)")
+    key_file: str | None = setting(None, "--key-file", kind="path", metavar="FILE",
+                                   help="overlay key file (TOML, mode 0600)")
+    # bounded state: what a neighbor or origin may make us hold, and what we hold ourselves
+    max_nodes: int = setting(2000, kind="int", lo=2, hi=1_000_000, engine=True)
+    max_links_per_node: int = setting(128, kind="int", lo=1, hi=65535, engine=True)
+    max_prefixes_per_node: int = setting(256, kind="int", lo=0, hi=65535, engine=True)
+    max_groups_per_node: int = setting(256, kind="int", lo=0, hi=65535, engine=True)
+    max_dynamic_links: int = setting(64, kind="int", lo=0, hi=10_000, engine=True)
+    max_packets_per_s: float = setting(400.0, kind="float", lo=20, hi=1e6, engine=True)
+    # Own state: 4096 groups and 4096 prefixes still fit one LSA (wire.MAX_LSA_SIZE).
+    max_own_groups: int = setting(256, kind="int", lo=0, hi=4096, engine=True,
+                                  help="groups this node may belong to (config, join, IGMP)")
+    max_own_prefixes: int = setting(256, kind="int", lo=0, hi=4096,
+                                    help="prefixes this node may announce")
+    metrics_listen: str = setting("", "--metrics-listen", kind="str", reload=False,
+                                  metavar="ADDR:PORT",
+                                  help="serve Prometheus metrics there (off by default)")
+    igmp_proxy: bool = setting(True, kind="bool",
+                               help="join groups for hosts on our LANs from their IGMP reports")
+    reconcile_interval_s: float = setting(30.0, kind="float", lo=0.1, hi=86400)
+    startup_grace_s: float = setting(5.0, kind="float", lo=0, hi=3600)
     # timers (Spines: 100 ms hellos, dead after 10)
-    hello_interval_ms: int = 60
-    dead_interval_ms: int = 250
-    up_after_hellos: int = 3
-    retransmit_ms: int = 100
-    lsa_refresh_s: float = 600.0
-    lsa_max_age_s: float = 1800.0
+    hello_interval_ms: int = setting(60, kind="int", lo=10, hi=60000, engine=True)
+    dead_interval_ms: int = setting(250, kind="int", lo=30, hi=600000, engine=True)
+    up_after_hellos: int = setting(3, kind="int", lo=1, hi=100, engine=True)
+    retransmit_ms: int = setting(100, kind="int", lo=10, hi=60000, engine=True)
+    lsa_refresh_s: float = setting(600.0, kind="float", lo=1, hi=86400, engine=True)
+    lsa_max_age_s: float = setting(1800.0, kind="float", lo=3, hi=86400 * 7, engine=True)
 
     @property
     def kernel_routing(self) -> bool:
@@ -107,6 +197,9 @@ class Config:
 
 
 FIELDS = {f.name: f for f in fields(Config)}
+SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(Config)}
+RESTART_ONLY = tuple(name for name, s in SETTINGS.items() if not s.reload)
+ENGINE = tuple(name for name, s in SETTINGS.items() if s.engine)
 
 
 def load_file(path: str) -> dict:
@@ -123,41 +216,95 @@ def load_file(path: str) -> dict:
     return raw
 
 
-def _ipv4(field: str, value) -> str:
+# --- values by kind -------------------------------------------------------------------------
+
+
+def _ipv4(name: str, value) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: expected an IPv4 address as a string (\"10.0.0.1\"), "
+                          f"got {value!r}")
     try:
         return str(ipaddress.IPv4Address(value))
-    except (ipaddress.AddressValueError, ValueError, TypeError):
-        raise ConfigError(f"{field}: '{value}' is not an IPv4 address") from None
+    except (ipaddress.AddressValueError, ValueError):
+        raise ConfigError(f"{name}: '{value}' is not an IPv4 address") from None
 
 
-def _int(field, value, lo, hi) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{field}: expected an integer, got {value!r}")
-    if not lo <= value <= hi:
-        raise ConfigError(f"{field}: {value} is out of range {lo}..{hi}")
-    return value
-
-
-def _num(field, value, lo, hi) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{field}: expected a number, got {value!r}")
-    if not lo <= value <= hi:
-        raise ConfigError(f"{field}: {value} is out of range {lo}..{hi}")
-    return float(value)
-
-
-def _bool(field, value) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{field}: expected true or false, got {value!r}")
-    return value
-
-
-def _list(field, value) -> list:
-    if isinstance(value, (str, int)):
+def _list(name: str, value) -> list:
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{field}: expected a list, got {value!r}")
+        raise ConfigError(f"{name}: expected a list, got {value!r}")
     return list(value)
+
+
+def _number(name: str, s: Setting, value, integer: bool):
+    if isinstance(value, bool) or not isinstance(value, (int,) if integer else (int, float)):
+        raise ConfigError(f"{name}: expected {'an integer' if integer else 'a number'}, "
+                          f"got {value!r}")
+    if value != value:  # NaN
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if (s.lo is not None and value < s.lo) or (s.hi is not None and value > s.hi):
+        lo, hi = (int(s.lo), int(s.hi)) if integer else (s.lo, s.hi)
+        raise ConfigError(f"{name}: {value} is out of range {lo:g}..{hi:g}")
+    return value if integer else float(value)
+
+
+def _value(name: str, s: Setting, value):
+    """The validated value of one setting (its kind and bounds; cross-checks come later)."""
+    if value is None and s.optional:
+        return None
+    kind = s.kind
+    if kind == "ipv4":
+        return _ipv4(name, value)
+    if kind == "ipv4s":
+        return tuple(dict.fromkeys(_ipv4(name, a) for a in _list(name, value)))
+    if kind == "int":
+        return _number(name, s, value, True)
+    if kind == "float":
+        return _number(name, s, value, False)
+    if kind == "ints":
+        return tuple(sorted({_number(name, s, x, True) for x in _list(name, value)}))
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if kind == "choice":
+        if value not in s.choices:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(s.choices)}")
+        return value
+    if kind in ("str", "path"):
+        if not isinstance(value, str) or (kind == "path" and not value) or "\0" in value:
+            raise ConfigError(f"{name}: expected a {'path' if kind == 'path' else 'string'}, "
+                              f"got {value!r}")
+        return value
+    if kind == "prefixes":
+        out = []
+        for p in _list(name, value):
+            try:
+                if not isinstance(p, str):
+                    raise TypeError
+                out.append(str(ipaddress.IPv4Network(p)))
+            except (ValueError, TypeError):
+                raise ConfigError(f"{name}: {p!r} is not an IPv4 network (address/length with no "
+                                  f"host bits set)") from None
+        return tuple(dict.fromkeys(out))
+    if kind == "groups":
+        return tuple(dict.fromkeys(check_group(_ipv4(name, g), name) for g in _list(name, value)))
+    raise AssertionError(f"setting {name}: unknown kind {kind}")
+
+
+def check_group(group: str, name: str = "group") -> str:
+    """A group this node may join: class D (multicast) or E (anycast), and routable."""
+    a = ipaddress.IPv4Address(group)
+    if not is_group(a):
+        raise ConfigError(f"{name}: {a} is neither a multicast (224.0.0.0/4) nor an anycast "
+                          f"(240.0.0.0/4) group")
+    if a in LOCAL_MULTICAST:
+        raise ConfigError(f"{name}: {a} is a link-local multicast group (224.0.0.0/24), which "
+                          f"is never routed")
+    if a == ipaddress.IPv4Address("255.255.255.255"):
+        raise ConfigError(f"{name}: 255.255.255.255 is the limited broadcast address")
+    return str(a)
 
 
 def build(file_values: dict | None = None, flag_values: dict | None = None) -> Config:
@@ -168,126 +315,46 @@ def build(file_values: dict | None = None, flag_values: dict | None = None) -> C
         if key not in FIELDS:
             raise ConfigError(f"unknown setting '{key}'")
     out: dict = {}
+    for name, s in SETTINGS.items():
+        if name in v:
+            out[name] = _value(name, s, v[name])
 
-    out["port"] = _int("port", v.get("port", 8100), 1, 65535)
-    out["local_addresses"] = tuple(_ipv4("local_addresses", a)
-                                   for a in _list("local_addresses", v.get("local_addresses", [])))
-    out["neighbors"] = tuple(dict.fromkeys(_ipv4("neighbors", a)
-                                           for a in _list("neighbors", v.get("neighbors", []))))
-    if "logical_id" in v:
-        out["logical_id"] = _ipv4("logical_id", v["logical_id"])
-    elif out["local_addresses"]:
-        out["logical_id"] = out["local_addresses"][0]  # Spines: the node's own address
-    else:
-        raise ConfigError("logical_id: not set (give -l ADDRESS, or -I so the first local "
-                          "address serves as the logical ID)")
-    metric = v.get("metric", "distance")
-    if metric not in ALL_METRICS:
-        raise ConfigError(f"metric: '{metric}' is not one of {', '.join(ALL_METRICS)}")
-    out["metric"] = metric
-    prefixes = []
-    for p in _list("prefixes", v.get("prefixes", [])):
-        try:
-            prefixes.append(str(ipaddress.IPv4Network(p)))
-        except (ValueError, TypeError):
-            raise ConfigError(f"prefixes: '{p}' is not an IPv4 network (address/length with no "
-                              f"host bits set)") from None
-    out["prefixes"] = tuple(dict.fromkeys(prefixes))
-    groups = []
-    for g in _list("groups", v.get("groups", [])):
-        a = _ipv4("groups", g)
-        if not is_group(a):
-            raise ConfigError(f"groups: {a} is neither a multicast (224.0.0.0/4) nor an anycast "
-                              f"(240.0.0.0/4) group")
-        groups.append(a)
-    out["groups"] = tuple(dict.fromkeys(groups))
-    gw = _ipv4("gateway_group", v.get("gateway_group", "240.220.11.1"))
+    # --- defaults that depend on other settings, and cross-checks --------------------------
+    if not out.get("logical_id"):
+        if out.get("local_addresses"):
+            out["logical_id"] = out["local_addresses"][0]  # Spines: the node's own address
+        else:
+            raise ConfigError("logical_id: not set (give -l ADDRESS, or -I so the first local "
+                              "address serves as the logical ID)")
+    lid = ipaddress.IPv4Address(out["logical_id"])
+    if any(lid in net for net in NOT_AN_ID) or lid == ipaddress.IPv4Address("255.255.255.255"):
+        raise ConfigError(f"logical_id: {lid} cannot identify a node (this-network, loopback, "
+                          f"multicast or class E address)")
+    port = out.get("port", 8100)
+    out.setdefault("ipc_path", f"/tmp/spines{port}")
+    out.setdefault("control_socket", default_control_socket(port))
+    missing = [x for x in out.get("kernel_levels", ()) if x not in KERNEL_LEVELS_IMPLEMENTED]
+    if missing:
+        raise ConfigError(f"kernel_levels: level {missing[0]} is not implemented yet")
+    gw = out.get("gateway_group", "240.220.11.1")
     if not is_anycast_addr(gw):
         raise ConfigError(f"gateway_group: {gw} is not an anycast (class E) address")
-    out["gateway_group"] = gw
-    weights = v.get("multipath_weights", "equal")
-    if weights not in ("equal", "cost"):
-        raise ConfigError(f"multipath_weights: '{weights}' is not one of equal, cost")
-    out["multipath_weights"] = weights
-    nh = v.get("nexthop_objects", "auto")
-    if nh not in ("auto", "on", "off"):
-        raise ConfigError(f"nexthop_objects: '{nh}' is not one of auto, on, off")
-    out["nexthop_objects"] = nh
-    if "multipath_tolerance" in v:
-        out["multipath_tolerance"] = _num("multipath_tolerance", v["multipath_tolerance"], 0, 1)
-    levels = tuple(sorted({_int("kernel_levels", x, 0, 3)
-                           for x in _list("kernel_levels", v.get("kernel_levels", []))}))
-    missing = [x for x in levels if x not in KERNEL_LEVELS_IMPLEMENTED]
-    if missing:
-        raise ConfigError(f"kernel_levels: level {missing[0]} is not implemented yet "
-                          f"(available: {', '.join(map(str, sorted(KERNEL_LEVELS_IMPLEMENTED)))})")
-    out["kernel_levels"] = levels
-    for key in ("accept_link_commands", "unicast_only", "prefsrc", "multipath",
-                "accept_unknown_neighbors", "keep_routes", "anypath", "spines_mappings",
-                "igmp_proxy"):
-        if key in v:
-            out[key] = _bool(key, v[key])
-    if v.get("exit_after") is not None:
-        out["exit_after"] = _num("exit_after", v["exit_after"], 0, 10 ** 9)
-    for key in ("log_file", "control_group"):
-        if v.get(key) is not None:
-            if not isinstance(v[key], str) or not v[key]:
-                raise ConfigError(f"{key}: expected a non-empty string")
-            out[key] = v[key]
-    level = v.get("log_level", "info")
-    if level not in ("debug", "info", "warning", "error"):
-        raise ConfigError(f"log_level: '{level}' is not one of debug, info, warning, error")
-    out["log_level"] = level
-    fmt = v.get("log_format", "auto")
-    if fmt not in ("auto", "json", "console"):
-        raise ConfigError(f"log_format: '{fmt}' is not one of auto, json, console")
-    out["log_format"] = fmt
-    out["ipc_path"] = v.get("ipc_path") or f"/tmp/spines{out['port']}"
-    out["control_socket"] = v.get("control_socket") or default_control_socket(out["port"])
-    auth = v.get("auth", "hmac-sha256")
-    if auth not in ("hmac-sha256", "none"):
-        raise ConfigError(f"auth: '{auth}' is not one of hmac-sha256, none")
-    out["auth"] = auth
-    if v.get("key_file") is not None:
-        if not isinstance(v["key_file"], str) or not v["key_file"]:
-            raise ConfigError("key_file: expected a path")
-        out["key_file"] = v["key_file"]
+    if out.get("table") in RESERVED_TABLES:
+        raise ConfigError(f"table: {out['table']} is reserved by the kernel")
+    auth = out.get("auth", "hmac-sha256")
+    if auth == "none" and out.get("key_file"):
+        raise ConfigError(f"auth: \"none\" contradicts key_file = {out['key_file']}: drop one "
+                          f"(a key file means authenticated packets)")
     if auth != "none" and not out.get("key_file"):
         raise ConfigError("key_file: not set; control packets are authenticated (HMAC-SHA256): "
                           "give key_file = PATH ('spines-kr keygen PATH' writes one) or set "
                           "auth = \"none\" explicitly")
-    listen = v.get("metrics_listen", "")
+    listen = out.get("metrics_listen", "")
     if listen:
-        host, _, port = str(listen).rpartition(":")
-        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ConfigError(f"metrics_listen: '{listen}' is not ADDRESS:PORT (e.g. 127.0.0.1:9181)")
-    out["metrics_listen"] = listen
-    for key in ("ipc_path", "control_socket"):
-        if not isinstance(out[key], str):
-            raise ConfigError(f"{key}: expected a path")
-
-    out["table"] = _int("table", v.get("table", 254), 1, 0xFFFFFFFF)
-    if out["table"] in (0, 253, 255):
-        raise ConfigError(f"table: {out['table']} is reserved by the kernel")
-    out["route_protocol"] = _int("route_protocol", v.get("route_protocol", RTPROT_SPINES), 5, 255)
-    out["route_priority"] = _int("route_priority", v.get("route_priority", 20), 0, 0xFFFFFFFF)
-    if v.get("rule_priority") is not None:
-        out["rule_priority"] = _int("rule_priority", v["rule_priority"], 1, 32765)
-    for key, lo, hi in (("reconcile_interval_s", 0.1, 86400), ("startup_grace_s", 0, 3600),
-                        ("lsa_refresh_s", 1, 86400), ("lsa_max_age_s", 3, 86400 * 7)):
-        if key in v:
-            out[key] = _num(key, v[key], lo, hi)
-    for key, lo, hi in (("max_nodes", 2, 1_000_000), ("max_links_per_node", 1, 65535),
-                        ("max_prefixes_per_node", 0, 65535), ("max_groups_per_node", 0, 65535),
-                        ("max_dynamic_links", 0, 10_000)):
-        if key in v:
-            out[key] = _int(key, v[key], lo, hi)
-    if "max_packets_per_s" in v:
-        out["max_packets_per_s"] = _num("max_packets_per_s", v["max_packets_per_s"], 20, 1e6)
-    for key, lo, hi in (("hello_interval_ms", 10, 60000), ("dead_interval_ms", 30, 600000),
-                        ("up_after_hellos", 1, 100), ("retransmit_ms", 10, 60000)):
-        if key in v:
-            out[key] = _int(key, v[key], lo, hi)
+        host, _, lport = listen.rpartition(":")
+        if not host or not lport.isdigit() or not 1 <= int(lport) <= 65535:
+            raise ConfigError(f"metrics_listen: '{listen}' is not ADDRESS:PORT "
+                              f"(e.g. 127.0.0.1:9181)")
     cfg = Config(**out)
     if cfg.dead_interval_ms < 2 * cfg.hello_interval_ms:
         raise ConfigError(f"dead_interval_ms: {cfg.dead_interval_ms} must be at least twice "
@@ -296,7 +363,35 @@ def build(file_values: dict | None = None, flag_values: dict | None = None) -> C
         raise ConfigError("lsa_max_age_s: must be at least twice lsa_refresh_s")
     if cfg.logical_id in cfg.neighbors:
         raise ConfigError(f"neighbors: {cfg.logical_id} is this node's own logical ID")
+    if len(cfg.groups) > cfg.max_own_groups:
+        raise ConfigError(f"groups: {len(cfg.groups)} groups, more than max_own_groups "
+                          f"({cfg.max_own_groups})")
+    if len(cfg.prefixes) > cfg.max_own_prefixes:
+        raise ConfigError(f"prefixes: {len(cfg.prefixes)} prefixes, more than max_own_prefixes "
+                          f"({cfg.max_own_prefixes})")
     return cfg
+
+
+def check_log_file(path: str) -> None:
+    """The log file must be a file we can append to: refuse anything else now, with its name,
+    rather than fail at the first log line (``/proc/version`` opens but takes no write).
+    Called by the daemon's command before it starts (it creates the file), not by ``build``,
+    which only validates."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as e:
+        raise ConfigError(f"log_file: cannot append to {path}: {e.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode) or not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)
+                                      or stat.S_ISFIFO(mode)):
+            raise ConfigError(f"log_file: {path} is not a file")
+        try:
+            os.write(fd, b"")  # a file without a write operation (procfs, sysfs) fails here
+        except OSError as e:
+            raise ConfigError(f"log_file: cannot write to {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def is_anycast_addr(a: str) -> bool:
@@ -306,3 +401,39 @@ def is_anycast_addr(a: str) -> bool:
 def default_control_socket(port: int) -> str:
     """Management socket of the daemon on ``port`` (systemd's RuntimeDirectory is /run/spines-kr)."""
     return f"/run/spines-kr/spines-kr-{port}.sock"
+
+
+# --- the daemon's flags, from the same description -----------------------------------------
+
+
+def add_flags(parser) -> None:
+    """Add a flag for every setting that has one (argparse)."""
+    import argparse
+
+    for name, s in SETTINGS.items():
+        if not s.flags:
+            continue
+        kw: dict = {"dest": name, "help": s.help or None, "default": None}
+        if s.metavar:
+            kw["metavar"] = s.metavar
+        if s.kind == "bool":
+            if name == "multipath":
+                kw["action"] = argparse.BooleanOptionalAction
+            else:
+                kw.update(action="store_const", const=True)
+        elif s.kind in ("ipv4s", "prefixes", "groups"):
+            kw["action"] = "append"
+        elif s.kind == "ints":
+            kw.update(action="append", type=int)
+        elif s.kind == "int":
+            kw["type"] = int
+        elif s.kind == "float":
+            kw["type"] = float
+        elif s.kind == "choice":
+            kw["choices"] = s.choices
+        parser.add_argument(*s.flags, **kw)
+
+
+def flag_values(args) -> dict:
+    """The settings given on the command line (None: not given)."""
+    return {name: getattr(args, name) for name, s in SETTINGS.items() if s.flags}

@@ -71,6 +71,7 @@ class Params:
     max_groups_per_node: int = 256
     max_dynamic_links: int = 64
     max_packets_per_s: float = 400.0  # per link; hellos are ~18/s, a full sync a burst
+    max_own_groups: int = 256  # groups this node belongs to (join refuses beyond)
 
     @classmethod
     def from_config(cls, cfg, prefsrc: str | None = None) -> Params:
@@ -93,7 +94,8 @@ class Params:
                    max_prefixes_per_node=cfg.max_prefixes_per_node,
                    max_groups_per_node=cfg.max_groups_per_node,
                    max_dynamic_links=cfg.max_dynamic_links,
-                   max_packets_per_s=cfg.max_packets_per_s)
+                   max_packets_per_s=cfg.max_packets_per_s,
+                   max_own_groups=cfg.max_own_groups)
 
 
 class Node:
@@ -211,6 +213,15 @@ class Node:
             self.counters["seq_exhausted"] += 1  # unreachable in practice: 2**64 originations
             return
         candidate = wire.LSA.make(self.id, self.seq + 1, links, self.p.prefixes, self.groups)
+        if not candidate.fits():
+            # Bounded where state is created (max_own_groups, max_own_prefixes), so this is a
+            # last guard: an LSA that cannot be encoded would stop every flush, hellos too.
+            room = (wire.MAX_LSA_SIZE - candidate.encoded_size()) // 4 + len(candidate.groups)
+            keep = sorted(candidate.groups)[:max(0, min(room, wire.MAX_ENTRIES))]
+            self.counters["lsa_truncated"] += 1
+            self.events.append(("lsa.truncated", {"groups": len(candidate.groups),
+                                                  "kept": len(keep)}))
+            candidate = wire.LSA.make(self.id, self.seq + 1, links, self.p.prefixes, keep)
         if not force and own is not None and _body(own) == _body(candidate):
             return
         self.seq += 1
@@ -234,8 +245,13 @@ class Node:
         self.routes_version += 1
 
     def join(self, group: int, now: float) -> bool:
-        """Join a group (class D or E); True if that changed anything."""
+        """Join a group (class D or E); True if that changed anything.  Beyond
+        ``max_own_groups`` the join is refused (counted ``refused.own_groups``): callers check
+        first and tell why (daemon.commands)."""
         if group in self.groups:
+            return False
+        if len(self.groups) >= self.p.max_own_groups:
+            self.counters["refused.own_groups"] += 1
             return False
         self.groups.add(group)
         self.events.append(("group.joined", {"group": _ip(group)}))

@@ -31,6 +31,7 @@ from spines_kr.routing.spf import SpfResult
 
 MULTICAST = ipaddress.IPv4Network("224.0.0.0/4")
 ANYCAST = ipaddress.IPv4Network("240.0.0.0/4")
+LOCAL_MULTICAST = ipaddress.IPv4Network("224.0.0.0/24")  # link-local: never forwarded (RFC 5771)
 SPINES_ANYCAST = ipaddress.IPv4Network("247.0.0.0/8")
 SPINES_MULTICAST = ipaddress.IPv4Network("227.0.0.0/8")
 DEFAULT_GATEWAY_GROUP = "240.220.11.1"
@@ -43,6 +44,11 @@ def ip(n: int) -> str:
 def is_group(addr) -> bool:
     a = ipaddress.IPv4Address(addr)
     return a in MULTICAST or (a in ANYCAST and a != ipaddress.IPv4Address("255.255.255.255"))
+
+
+def is_joinable(addr) -> bool:
+    """A group a node may join and the overlay may route: not link-local multicast."""
+    return is_group(addr) and ipaddress.IPv4Address(addr) not in LOCAL_MULTICAST
 
 
 def is_anycast(g: int) -> bool:

@@ -44,6 +44,10 @@ _HEADER = struct.Struct("!HBBHBBIHH")
 HEADER_LEN = _HEADER.size  # 16
 MAX_PACKET = 65507  # largest UDP payload over IPv4
 MAX_SEQ = (1 << 64) - 1  # reserved: never originated, never accepted
+TRAILER_ROOM = 128  # the authentication trailer is smaller (wire.auth)
+# The largest LSA: alone in an update, with header, count and trailer, in one UDP datagram.
+MAX_LSA_SIZE = MAX_PACKET - HEADER_LEN - 4 - TRAILER_ROOM
+MAX_ENTRIES = 0xFFFF  # links, prefixes and groups are counted in 16 bits
 
 # Metric codes carried in hellos, so that nodes of one overlay can check they agree.
 METRIC_CODES = {"distance": 1, "latency": 2, "loss": 3, "explat": 4, "problem": 5}
@@ -148,6 +152,11 @@ class LSA:
     def encoded_size(self) -> int:
         return (_LSA_HEAD.size + _LSA_LINK.size * len(self.links)
                 + _LSA_PREFIX.size * len(self.prefixes) + _LSA_GROUP.size * len(self.groups))
+
+    def fits(self) -> bool:
+        """Whether the LSA can be encoded and sent (counts and size; see MAX_LSA_SIZE)."""
+        return (max(len(self.links), len(self.prefixes), len(self.groups)) <= MAX_ENTRIES
+                and self.encoded_size() <= MAX_LSA_SIZE)
 
     def encode(self) -> bytes:
         parts = [_LSA_HEAD.pack(self.origin, self.seq, len(self.links), len(self.prefixes),

@@ -66,11 +66,17 @@ def test_cli_usage_errors_exit_2_with_one_line(argv, words, capsys):
 
 
 def test_setlink_is_refused_without_m():
+    from spines_kr.daemon.features import Plan
     from spines_kr.daemon.main import Daemon
-    d = Daemon(config.build({"logical_id": "10.0.0.1", "auth": "none"}))
-    with pytest.raises(ValueError, match="-m"):
-        d.setlink({"bandwidth_kbps": 0, "latency_ms": 10, "loss_pct": 0, "burst_pct": 0,
-                   "source": "10.0.0.1", "dest": "10.0.0.2"})
+    from spines_kr.netlink.capabilities import Capabilities
+
+    d = Daemon(config.build({"logical_id": "10.0.0.1", "auth": "none"}), Capabilities({}), Plan())
+    try:
+        with pytest.raises(ValueError, match="-m"):
+            d.commands.setlink({"bandwidth_kbps": 0, "latency_ms": 10, "loss_pct": 0,
+                                "burst_pct": 0, "source": "10.0.0.1", "dest": "10.0.0.2"})
+    finally:
+        d.loop.close()
 
 
 def test_no_key_means_no_start_unless_auth_none_is_explicit(capsys):
@@ -93,3 +99,100 @@ def test_key_file_mode_and_format_are_checked(tmp_path, capsys):
     bad.chmod(0o600)
     assert cli.main(["daemon", "-l", "10.0.0.1", "--key-file", str(bad)]) == 2
     assert "at least 16 bytes" in capsys.readouterr().err
+
+
+# --- issue 10: bad input, tried as a new user would --------------------------------------------
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"logical_id": 5}, "as a string"),  # never read as 0.0.0.5
+    ({"logical_id": "127.0.0.1"}, "loopback"),
+    ({"logical_id": "0.0.0.5"}, "cannot identify a node"),
+    ({"logical_id": "239.1.1.1"}, "cannot identify a node"),
+    ({"neighbors": [167772162]}, "as a string"),
+    ({"auth": "none", "key_file": "/etc/spines-kr/k.key"}, "contradicts key_file"),
+    ({"groups": ["224.0.0.1"]}, "link-local"),
+    ({"groups": ["10.0.0.9"]}, "neither a multicast"),
+    ({"max_own_groups": 2, "groups": ["239.1.1.1", "239.1.1.2", "239.1.1.3"]}, "max_own_groups"),
+    ({"max_own_prefixes": 1, "prefixes": ["10.5.0.0/16", "10.6.0.0/16"]}, "max_own_prefixes"),
+    ({"max_own_groups": 70000}, "max_own_groups"),
+    ({"multipath": "yes"}, "multipath"),
+    ({"hello_interval_ms": float("nan")}, "hello_interval_ms"),
+])
+def test_bad_values_are_refused_naming_the_problem(values, words):
+    base = {"logical_id": "10.0.0.1"} if "logical_id" not in values else {}
+    if "key_file" not in values:
+        base["auth"] = "none"
+    with pytest.raises(config.ConfigError, match=words):
+        config.build({**base, **values})
+
+
+def test_multipath_is_on_unless_switched_off(capsys):
+    assert config.build({"logical_id": "10.0.0.1", "auth": "none"}).multipath is True
+    assert config.build({"logical_id": "10.0.0.1", "auth": "none",
+                         "multipath": False}).multipath is False
+    parser = cli.build_parser(with_lab=False)
+    args = parser.parse_args(["daemon", "-l", "10.0.0.1", "--no-multipath"])
+    assert config.flag_values(args)["multipath"] is False
+
+
+def test_every_setting_is_described_once():
+    """One declaration per setting feeds the TOML keys, the flags, the engine and reload."""
+    from spines_kr.daemon.node import Params
+
+    flags = [f for s in config.SETTINGS.values() for f in s.flags]
+    assert len(flags) == len(set(flags))
+    assert {"port", "logical_id", "table", "kernel_levels"} <= set(config.RESTART_ONLY)
+    assert "neighbors" not in config.RESTART_ONLY and "metric" not in config.RESTART_ONLY
+    cfg = config.build({"logical_id": "10.0.0.1", "auth": "none", "max_own_groups": 7,
+                        "hello_interval_ms": 80, "dead_interval_ms": 400})
+    p = Params.from_config(cfg)
+    assert p.max_own_groups == 7 and p.hello_interval == 0.08 and p.dead_interval == 0.4
+    for name in config.ENGINE:  # every engine setting reaches the engine
+        assert any(name.startswith(f.name.split("_ms")[0].split("_s")[0])
+                   for f in __import__("dataclasses").fields(Params)), name
+
+
+@pytest.mark.parametrize("path, words", [
+    ("/proc/version", "/proc/version"),
+    ("/", "/"),
+    ("/nonexistent-dir/x.log", "/nonexistent-dir/x.log"),
+])
+def test_unusable_log_file_is_a_usage_error_naming_it(path, words, capsys):
+    assert cli.main(["daemon", "-l", "10.0.0.1", "--auth", "none", "-lf", path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and "log_file" in err
+    assert "internal error" not in err
+
+
+def test_setlink_port_out_of_range_is_a_usage_error(capsys):
+    argv = ["setlink", "0", "10", "0", "0", "10.0.0.1", "10.0.0.2", "99999"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "99999" in err and "1..65535" in err
+
+
+def test_join_of_a_link_local_group_is_refused():
+    from spines_kr.daemon.features import Plan
+    from spines_kr.daemon.main import Daemon
+    from spines_kr.netlink.capabilities import Capabilities
+
+    d = Daemon(config.build({"logical_id": "10.0.0.1", "auth": "none"}), Capabilities({}), Plan())
+    try:
+        with pytest.raises(ValueError, match="link-local"):
+            d.commands.join("224.0.0.1")
+        with pytest.raises(ValueError, match="not an IPv4 address"):
+            d.commands.join("nope")
+    finally:
+        d.loop.close()
+
+
+def test_unreachable_daemon_is_told_apart_from_a_refused_one(tmp_path):
+    import errno
+
+    from spines_kr.ctl import unreachable
+
+    path = str(tmp_path / "s.sock")
+    assert "permission denied" in unreachable(path, PermissionError(errno.EACCES, "Permission denied"))
+    assert "no daemon" not in unreachable(path, PermissionError(errno.EACCES, "Permission denied"))
+    assert "no daemon" in unreachable(path, FileNotFoundError(errno.ENOENT, "No such file"))
