@@ -1,7 +1,8 @@
 """The ``spines-kr`` command.
 
     spines-kr daemon [Spines flags] [long options]   run one overlay router in the foreground
-    spines-kr show status|neighbors|links|routes|topology [--json]
+    spines-kr show status|neighbors|links|routes|topology|groups [--json]
+    spines-kr setlink | join | leave | keygen | capabilities [--json]
     spines-kr lab up|down|status|exec|demo ...        namespace lab on this machine
 
 Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.  Errors are one line
@@ -45,47 +46,13 @@ class Parser(argparse.ArgumentParser):
 
 
 def _daemon_parser(sub) -> None:
+    from spines_kr import config
+
     p = sub.add_parser("daemon", help="run one overlay router in the foreground",
-                       description="Run one spines-kr overlay router (Spines daemon flags).")
-    p.add_argument("-p", "--port", type=int, help="overlay UDP port (default 8100)")
-    p.add_argument("-l", "--logical-id", help="this node's logical ID (IPv4)")
-    p.add_argument("-I", "--local-address", action="append", dest="local_addresses",
-                   help="local address to run links from (repeatable)")
-    p.add_argument("-a", "--neighbor", action="append", dest="neighbors",
-                   help="neighbor link address to create a link to (repeatable)")
-    p.add_argument("-w", "--metric", help="distance|latency|loss|explat|problem")
-    p.add_argument("-k", "--kernel", action="append", type=int, dest="kernel_levels",
-                   help="kernel routing level (repeatable); 0 = a /32 route to every node")
-    p.add_argument("-m", "--accept-link-commands", action="store_const", const=True,
-                   help="accept setlink commands")
-    p.add_argument("-x", "--exit-after", type=float, help="exit gracefully after SECONDS")
-    p.add_argument("-U", "--unicast-only", action="store_const", const=True)
-    p.add_argument("-lf", "--log-file", help="append logs to FILE")
-    p.add_argument("-ud", "--ipc-path", help="client IPC path (default /tmp/spines<port>)")
+                       description="Run one spines-kr overlay router (Spines daemon flags; every "
+                                   "flag is also a key of the TOML file, see spines_kr/config.py).")
     p.add_argument("-c", "--config", help="TOML configuration file (flags win over it)")
-    p.add_argument("--prefix", action="append", dest="prefixes",
-                   help="announce this prefix (behind this node) to the overlay (repeatable)")
-    p.add_argument("--group", action="append", dest="groups",
-                   help="join this multicast (class D) or anycast (class E) group (repeatable)")
-    p.add_argument("--anypath", action="store_const", const=True,
-                   help="anycast routes to all members at the best cost")
-    p.add_argument("--spines-mappings", action="store_const", const=True,
-                   help="route 247.x.y.z anycast / 227.x.y.z multicast as 10.x.y.z (Spines)")
-    p.add_argument("--multipath", action="store_const", const=True,
-                   help="install multipath routes where next hops tie")
-    p.add_argument("--control-socket", help="management socket path")
-    p.add_argument("--key-file", help="overlay key file (TOML, mode 0600)")
-    p.add_argument("--auth", choices=("hmac-sha256", "none"),
-                   help="authenticate control packets (default) or not (none: say so explicitly)")
-    p.add_argument("--metrics-listen", metavar="ADDR:PORT",
-                   help="serve Prometheus metrics there (off by default)")
-    p.add_argument("--table", type=int, help="kernel route table (default 254, main)")
-    p.add_argument("--rule-priority", type=int,
-                   help="priority of the policy rule for a table other than main")
-    p.add_argument("--keep-routes", action="store_const", const=True,
-                   help="keep our routes at clean exit (for a restart) instead of withdrawing")
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    p.add_argument("--log-format", choices=("auto", "json", "console"))
+    config.add_flags(p)
     for flag, what in NOT_YET.items():
         p.add_argument(flag, dest="not_yet_" + flag.strip("-"), action="append", nargs="?",
                        const=True, help=f"({what}: not implemented yet)")
@@ -98,14 +65,12 @@ def cmd_daemon(args) -> int:
     for flag in NOT_YET:
         if getattr(args, "not_yet_" + flag.strip("-")):
             raise UsageError(f"daemon: {flag} ({NOT_YET[flag]}) is not implemented yet")
+    flags = config.flag_values(args)
     try:
         file_values = config.load_file(args.config) if args.config else {}
-        flags = {k: getattr(args, k) for k in (
-            "port", "logical_id", "local_addresses", "neighbors", "metric", "kernel_levels",
-            "accept_link_commands", "exit_after", "unicast_only", "log_file", "ipc_path",
-            "control_socket", "table", "log_level", "log_format", "prefixes", "multipath", "rule_priority", "keep_routes", "groups", "anypath",
-            "spines_mappings", "metrics_listen", "key_file", "auth")}
         cfg = config.build(file_values, flags)
+        if cfg.log_file:
+            config.check_log_file(cfg.log_file)
     except config.ConfigError as e:
         raise UsageError(f"daemon: {e}") from None
     if cfg.key_file:
@@ -118,17 +83,45 @@ def cmd_daemon(args) -> int:
     if os.geteuid() != 0 and cfg.kernel_routing:
         print("spines-kr: warning: not root; kernel route writes need CAP_NET_ADMIN",
               file=sys.stderr)
+    from spines_kr.daemon.features import Refused, decide
+    from spines_kr.netlink import capabilities
+
+    caps = capabilities.probe()
+    try:
+        plan = decide(cfg, caps)
+    except Refused as e:
+        raise UsageError(f"daemon: {e}") from None
     from spines_kr.daemon.main import run
 
     def reload_config():
         """SIGHUP: the file again, the same flags on top."""
         return config.build(config.load_file(args.config) if args.config else {}, flags)
 
-    return run(cfg, reload_config)
+    return run(cfg, caps, plan, reload_config)
+
+
+def _capabilities_parser(sub) -> None:
+    p = sub.add_parser("capabilities", help="what this kernel offers spines-kr",
+                       description="Probe (without changing anything) what the running kernel "
+                                   "and host offer: multicast routing, nexthop objects, "
+                                   "qdiscs, nftables, tunnel kinds, ...")
+    p.add_argument("--json", action="store_true", help="print JSON (true/false/null per feature)")
+    p.set_defaults(func=cmd_capabilities)
+
+
+def cmd_capabilities(args) -> int:
+    from spines_kr.netlink import capabilities
+
+    caps = capabilities.probe()
+    if args.json:
+        print(json.dumps(caps.to_json(), indent=2))
+    else:
+        print(capabilities.render(caps))
+    return 0
 
 
 def _show_parser(sub) -> None:
-    from spines_kr.daemon.control import SHOW
+    from spines_kr.ctl import SHOW
 
     p = sub.add_parser("show", help="ask the running daemon")
     p.add_argument("what", choices=SHOW)
@@ -153,13 +146,13 @@ def control_path(args) -> str:
 
 def ask(args, req: dict):
     """One request to the daemon; its data, or None after printing one line of error."""
-    from spines_kr.daemon.control import request
+    from spines_kr.ctl import request, unreachable
 
     path = control_path(args)
     try:
         reply = request(path, req)
     except OSError as e:
-        print(f"spines-kr: error: no daemon at {path}: {e.strerror or e}", file=sys.stderr)
+        print(f"spines-kr: error: {unreachable(path, e)}", file=sys.stderr)
         return None
     if not reply.get("ok"):
         print(f"spines-kr: error: {reply.get('error')}", file=sys.stderr)
@@ -251,14 +244,19 @@ def _setlink_parser(sub) -> None:
     p.add_argument("burst", type=float, help="probability, percent, that a loss follows a loss")
     p.add_argument("source", help="this node's logical ID or link address")
     p.add_argument("dest", help="the neighbor's logical ID or link address")
-    p.add_argument("port", nargs="?", type=int, help="overlay port of the daemon (default 8100)")
+    p.add_argument("port", nargs="?", type=int,
+                   help="overlay port of the daemon (default 8100; the daemon checks it is its own)")
     p.add_argument("--socket", help="control socket of the daemon")
     p.set_defaults(func=cmd_setlink)
 
 
 def cmd_setlink(args) -> int:
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise UsageError(f"setlink: port {args.port} is not a UDP port (1..65535)")
     req = {"cmd": "setlink", "bandwidth_kbps": args.bandwidth, "latency_ms": args.latency,
            "loss_pct": args.loss, "burst_pct": args.burst, "source": args.source, "dest": args.dest}
+    if args.port is not None:
+        req["port"] = args.port
     data = ask(args, req)
     if data is None:
         return 1
@@ -309,7 +307,9 @@ def cmd_keygen(args) -> int:
     return 0
 
 
-def build_parser() -> Parser:
+def build_parser(with_lab: bool = True) -> Parser:
+    """The whole command line; ``with_lab=False`` leaves the lab package unloaded (the daemon,
+    ``show`` and the rest start faster and smaller) with a stand-in ``lab`` entry."""
     parser = Parser(prog="spines-kr", description="Kernel-routing overlay manager.")
     parser.add_argument("--version", action="version", version=f"spines-kr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -318,15 +318,25 @@ def build_parser() -> Parser:
     _setlink_parser(sub)
     _join_parsers(sub)
     _keygen_parser(sub)
-    from spines_kr.lab.cli import add_lab_parser
+    _capabilities_parser(sub)
+    if with_lab:
+        from spines_kr.lab.cli import add_lab_parser
 
-    add_lab_parser(sub)
+        add_lab_parser(sub)
+    else:
+        sub.add_parser("lab", help="namespace lab on this machine (spines-kr lab --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    words = [a for a in argv if not a.startswith("-")]
+    if not words or words[0] != "daemon":
+        from spines_kr.daemon.logging import setup
+
+        setup("warning")  # library logs (probes, the lab) stay quiet unless something is wrong
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(with_lab=bool(words) and words[0] == "lab").parse_args(argv)
         return args.func(args)
     except UsageError as e:
         print(f"spines-kr: error: {str(e).removeprefix('spines-kr: ')}", file=sys.stderr)

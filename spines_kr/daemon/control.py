@@ -1,84 +1,102 @@
-"""The daemon's local control socket: ``spines-kr show ...`` and friends.
+"""The daemon's local control socket: ``spines-kr show ...``, join, leave, setlink.
 
-Protocol: a Unix stream socket; the client sends one JSON object on one line, e.g.
-``{"cmd": "show", "what": "routes"}``, and reads one JSON line back:
-``{"ok": true, "data": ...}`` or ``{"ok": false, "error": "one line for a person"}``.
-A malformed request gets an error reply; the daemon carries on.
+Protocol (client: ``spines_kr.ctl``): one JSON object on one line, e.g.
+``{"cmd": "show", "what": "routes"}``; one JSON line back: ``{"ok": true, "data": ...}`` or
+``{"ok": false, "error": "one line for a person"}``.  A malformed request gets an error reply;
+the daemon carries on.
 
-Permissions: the socket is created mode 0660 (owner root, group ``control_group`` when set),
-in a directory only root can write (/run/spines-kr by default).
+Permissions: the socket is created mode 0660, owned by the daemon's user (root, or systemd's
+dynamic user) and group ``control_group`` when set, in a directory only root (or that user) can
+write (/run/spines-kr by default): who may connect may read every view; setlink, join and leave
+are further checked by the peer's credentials (SO_PEERCRED): root, the daemon's own user, or a
+member of ``control_group``.
 
-Entry points: ``serve(daemon, path, group)`` (called from the running loop), ``close(server,
-path)``, and ``request(path, obj, timeout)`` for clients.
+Entry points: ``ControlServer(loop, commands, path, group)`` (``open()`` refuses a path where
+another live daemon answers, replaces a stale socket file), ``close()``; ``answer(commands,
+line, may_change)`` -> reply dict or ``Pending`` (never raises: a request is input from outside).
 """
 
 from __future__ import annotations
 
-import asyncio
 import grp as grp_db
-import ipaddress
 import json
 import os
 import socket
 import struct
 
-from spines_kr.routing import groups as grp
+from spines_kr.ctl import SHOW, request  # noqa: F401 - request: the client, for old callers
+from spines_kr.daemon.commands import Pending
+from spines_kr.daemon.server import RequestServer
 
 MAX_REQUEST = 64 * 1024
-SHOW = ("status", "neighbors", "links", "routes", "topology", "groups")
-
-
-def serve(daemon, path: str, group: str | None = None):
-    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
-    os.chmod(path, 0o660)
-    if group:
-        os.chown(path, -1, grp_db.getgrnam(group).gr_gid)
-    sock.listen(16)
-    sock.setblocking(False)
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            reply = answer(daemon, line, may_change=_may_change(writer, group))
-        except (asyncio.TimeoutError, asyncio.LimitOverrunError, ValueError):
-            reply = {"ok": False, "error": "request too long or too slow"}
-        except ConnectionError:
-            return
-        try:
-            writer.write(json.dumps(reply).encode() + b"\n")
-            await writer.drain()
-            writer.close()
-        except ConnectionError:
-            pass
-
-    return asyncio.get_running_loop().create_task(
-        asyncio.start_unix_server(handle, sock=sock, limit=MAX_REQUEST))
-
-
-async def close(server_task, path: str) -> None:
-    server = await server_task
-    server.close()
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 MUTATING = ("setlink", "join", "leave")
 
 
-def _may_change(writer, group: str | None) -> bool:
+class ControlInUse(Exception):
+    """Another live daemon listens on the control socket path."""
+
+
+class ControlServer:
+    def __init__(self, loop, commands, path: str, group: str | None = None) -> None:
+        self.loop, self.commands, self.path, self.group = loop, commands, path, group
+        self.server: RequestServer | None = None
+
+    def open(self) -> None:
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
+        if os.path.exists(self.path) or os.path.islink(self.path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.settimeout(0.5)
+                probe.connect(self.path)
+            except OSError:
+                os.unlink(self.path)  # stale: left by a daemon that died
+            else:
+                raise ControlInUse(f"control socket {self.path} is in use by another live "
+                                   f"daemon: give this one its own (--control-socket)")
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(self.path)
+            os.chmod(self.path, 0o660)
+            if self.group:
+                os.chown(self.path, -1, grp_db.getgrnam(self.group).gr_gid)
+            sock.listen(16)
+        except BaseException:
+            sock.close()
+            raise
+        self.server = RequestServer(
+            self.loop, sock, self._handle, terminator=b"\n", max_request=MAX_REQUEST,
+            timeout=5.0, too_long=_line({"ok": False, "error": "request too long"}),
+            too_slow=_line({"ok": False, "error": "request too slow"}))
+
+    def _handle(self, line: bytes, conn: socket.socket):
+        reply = answer(self.commands, line, may_change=_may_change(conn, self.group))
+        if isinstance(reply, Pending):
+            out = Pending()
+            reply.then(lambda value: out.resolve(_line(value)))
+            return out
+        return _line(reply)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def _line(reply: dict) -> bytes:
+    return json.dumps(reply).encode() + b"\n"
+
+
+def _may_change(conn: socket.socket, group: str | None) -> bool:
     """Whether the peer may change things (setlink, join, leave): root, the daemon's own user,
     or a member of ``control_group``.  Anyone who can connect may read."""
-    sock = writer.get_extra_info("socket")
     try:
-        pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+        pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                              struct.calcsize("3i")))
     except (OSError, AttributeError):
         return False
@@ -104,8 +122,8 @@ def _supplementary_groups(pid: int) -> set[int]:
     return set()
 
 
-def answer(daemon, line: bytes, may_change: bool = True) -> dict:
-    """The reply to one request line; never raises (a request is input from outside)."""
+def answer(commands, line: bytes, may_change: bool = True):
+    """The reply to one request line (a dict, or a Pending of one); never raises."""
     try:
         req = json.loads(line)
         if not isinstance(req, dict):
@@ -113,12 +131,12 @@ def answer(daemon, line: bytes, may_change: bool = True) -> dict:
     except (ValueError, RecursionError):
         return {"ok": False, "error": "malformed request: expected one JSON object per line"}
     try:
-        return _dispatch(daemon, req, may_change)
+        return _dispatch(commands, req, may_change)
     except (ValueError, TypeError, OverflowError, KeyError, AttributeError) as e:
         return {"ok": False, "error": f"bad request: {type(e).__name__}: {e}"}
 
 
-def _dispatch(daemon, req: dict, may_change: bool) -> dict:
+def _dispatch(commands, req: dict, may_change: bool):
     cmd = req.get("cmd")
     if cmd in MUTATING and not may_change:
         return {"ok": False, "error": f"{cmd}: permission denied (root, the daemon's user or "
@@ -129,86 +147,19 @@ def _dispatch(daemon, req: dict, may_change: bool) -> dict:
         what = req.get("what")
         if what not in SHOW:
             return {"ok": False, "error": f"show: unknown view {what!r} (one of {', '.join(SHOW)})"}
-        return {"ok": True, "data": VIEWS[what](daemon)}
+        return {"ok": True, "data": commands.view(what)}
     if cmd == "setlink":
         try:
-            return {"ok": True, "data": daemon.setlink(req)}
+            pending = commands.setlink(req)
         except ValueError as e:
             return {"ok": False, "error": str(e)}
+        out = Pending()
+        pending.then(lambda data: out.resolve({"ok": True, "data": data}))
+        return out
     if cmd in ("join", "leave"):
         try:
-            return {"ok": True, "data": daemon.join(str(req.get("group", "")), cmd == "join")}
+            return {"ok": True, "data": commands.join(str(req.get("group", "")), cmd == "join")}
         except ValueError as e:
             return {"ok": False, "error": f"{cmd}: {e}"}
     return {"ok": False, "error": f"unknown command {cmd!r}"}
 
-
-def _ip(n: int) -> str:
-    return str(ipaddress.IPv4Address(n))
-
-
-def _neighbors(d):
-    now = asyncio.get_running_loop().time()
-    return [l.to_json(now) for l in sorted(d.node.links.values(), key=lambda l: l.key)]
-
-
-def _routes(d):
-    spf = d.node.spf()
-    out = []
-    for dst, r in sorted(d.node.routes().items()):
-        node = int(ipaddress.IPv4Network(dst).network_address)
-        out.append({"dst": dst, "cost": spf.get(node, (None,))[0], "metric": d.cfg.metric,
-                    "prefsrc": r.prefsrc, "protocol": d.cfg.route_protocol, "table": d.cfg.table,
-                    "nexthops": [{"gateway": nh.gateway, "ifindex": nh.ifindex,
-                                  "dev": d.ifnames.get(nh.ifindex, ""), "weight": nh.weight}
-                                 for nh in r.nexthops],
-                    "installed": d.reconciler is not None and d.reconciler.installed.get(dst) == r})
-    return out
-
-
-def _topology(d):
-    graph = d.node.lsdb.graph()
-    return {"self": d.cfg.logical_id,
-            "nodes": [{"id": _ip(o), "seq": lsa.seq, "links": len(lsa.links)}
-                      for o, lsa in sorted(d.node.lsdb.lsas.items())],
-            "links": [{"from": _ip(a), "to": _ip(b), "cost": c}
-                      for a, adj in sorted(graph.items()) for b, c in sorted(adj.items())]}
-
-
-def _groups(d):
-    node = d.node
-    members = node.group_members()
-    node.routes()  # refreshes group_choice
-    out = []
-    for g in sorted(set(members) | node.groups):
-        kind = ("gateway" if g == node.p.gateway_group else
-                "anycast" if grp.is_anycast(g) else "multicast")
-        out.append({"group": _ip(g), "kind": kind,
-                    "members": [_ip(m) for m in sorted(members.get(g, ()))],
-                    "member": g in node.groups,
-                    "route_to": [_ip(m) for m in node.group_choice.get(g, [])],
-                    "route_dst": grp.mapped_dst(g, d.cfg.spines_mappings) if kind != "gateway"
-                    else "0.0.0.0/0"})
-    return out
-
-
-VIEWS = {"status": lambda d: d.status(), "neighbors": _neighbors, "links": _neighbors,
-         "routes": _routes, "topology": _topology, "groups": _groups}
-
-
-def request(path: str, obj: dict, timeout: float = 5.0) -> dict:
-    """Send one request to the daemon at ``path``; raise OSError when it cannot be reached."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(json.dumps(obj).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    try:
-        return json.loads(buf)
-    except ValueError:
-        raise OSError(f"daemon at {path} sent a malformed reply") from None

@@ -15,17 +15,33 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
           "error": logging.ERROR}
 
 
+class _Stderr:
+    """A structlog logger writing to whatever ``sys.stderr`` is at the time of the call (a
+    test's capture, or the real one), never to a stream object that may since have closed."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
 def setup(level: str = "info", fmt: str = "auto", log_file: str | None = None):
-    stream = open(log_file, "a", buffering=1, encoding="utf-8") if log_file else sys.stderr
-    console = fmt == "console" or (fmt == "auto" and stream.isatty())
-    renderer = (structlog.dev.ConsoleRenderer(colors=stream.isatty()) if console
+    if log_file:
+        stream = open(log_file, "a", buffering=1, encoding="utf-8")
+        factory = structlog.PrintLoggerFactory(stream)
+    else:
+        stream = sys.stderr
+        factory = lambda *_args: _Stderr()  # noqa: E731
+    tty = stream.isatty()
+    console = fmt == "console" or (fmt == "auto" and tty)
+    renderer = (structlog.dev.ConsoleRenderer(colors=tty) if console
                 else structlog.processors.JSONRenderer())
     structlog.configure(
         processors=[structlog.processors.add_log_level,
                     structlog.processors.TimeStamper(fmt="iso", utc=True),
                     renderer],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
     return structlog.get_logger()

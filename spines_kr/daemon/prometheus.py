@@ -3,12 +3,16 @@
 Serves ``GET /metrics`` in the text exposition format 0.0.4 with the counters and gauges of
 ``show status``: names follow Prometheus conventions (``spines_kr_`` prefix, ``_total`` for
 counters, base units: seconds, bytes, ratios), labels for per-link and per-reason series.
-Anything but a GET of /metrics gets 404; the server reads at most one request line and headers.
+Anything but a GET of /metrics gets 404; the server reads at most one request line and headers
+(8 KiB), on the daemon's loop (``daemon.server.RequestServer``).  Entry points:
+``serve(loop, commands, listen) -> RequestServer``, ``render(status, links)``.
 """
 
 from __future__ import annotations
 
-import asyncio
+import socket
+
+from spines_kr.daemon.server import RequestServer
 
 COUNTERS = {  # status counter -> (metric, help)
     "packets_in": ("spines_kr_packets_received_total", "Overlay packets received."),
@@ -65,29 +69,29 @@ def render(status: dict, links: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-async def serve(daemon, listen: str):
+def serve(loop, commands, listen: str) -> RequestServer:
     host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        sock.listen(16)
+    except BaseException:
+        sock.close()
+        raise
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            while await asyncio.wait_for(reader.readline(), 5) not in (b"\r\n", b"\n", b""):
-                pass  # headers: read and ignored
-            parts = line.decode("latin-1").split()
-            if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] == "/metrics":
-                from spines_kr.daemon.control import VIEWS
+    def handle(request: bytes, _conn) -> bytes:
+        parts = request.split(b"\n", 1)[0].decode("latin-1").split()
+        if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] == "/metrics":
+            body = render(commands.status(), commands.neighbors()).encode()
+            head = ("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; "
+                    f"charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n")
+        else:
+            body = b"not found: try /metrics\n"
+            head = f"HTTP/1.0 404 Not Found\r\nContent-Length: {len(body)}\r\n\r\n"
+        return head.encode() + body
 
-                body = render(daemon.status(), VIEWS["links"](daemon)).encode()
-                head = ("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; "
-                        f"charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n")
-            else:
-                body = b"not found: try /metrics\n"
-                head = f"HTTP/1.0 404 Not Found\r\nContent-Length: {len(body)}\r\n\r\n"
-            writer.write(head.encode() + body)
-            await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(handle, host.strip("[]") or "127.0.0.1", int(port))
+    return RequestServer(loop, sock, handle, terminator=b"\r\n\r\n", max_request=8192,
+                         timeout=5.0)

@@ -1,0 +1,268 @@
+"""The daemon's commands API: what the control socket, the Prometheus endpoint and the multicast
+part may ask of the daemon, and nothing more.  None of them reaches into the daemon's parts.
+
+Entry point: ``Commands(daemon)`` (built by the daemon once its parts are open).
+    views (values, JSON-ready):   status(), neighbors(), routes(), topology(), groups()
+    changes:                      join(group, joined, origin) -> dict, raising ValueError with
+                                  one line for a person (bad group, limit reached);
+                                  setlink(request) -> Pending (the reply comes when the kernel
+                                  part is done, in the worker thread)
+    for the multicast part:       engine (the protocol engine, read only), interfaces (read
+                                  only), prefixes, link_is_up(ifindex), join/leave as above
+                                  with origin "igmp", log, time()
+
+Own groups are bounded where they are created (``max_own_groups``): a join beyond the limit is
+refused, counted (``refused.own_groups``) and logged once per minute with a count, so a LAN
+full of IGMP reports cannot grow this node's LSA until peers refuse it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+
+from spines_kr.config import ConfigError, check_group
+from spines_kr.daemon.emulation import LinkEmulation
+from spines_kr.routing import groups as grp
+
+EMULATION_FIELDS = {"bandwidth": "bandwidth_kbps", "latency": "latency_ms", "loss": "loss_pct",
+                    "burst": "burst_pct"}
+
+
+class Pending:
+    """A reply that comes later: ``then(callback)`` gets it once ``resolve(value)`` was called."""
+
+    __slots__ = ("_value", "_callbacks", "done")
+
+    def __init__(self) -> None:
+        self._value = None
+        self._callbacks: list = []
+        self.done = False
+
+    def resolve(self, value) -> None:
+        self._value, self.done = value, True
+        for cb in self._callbacks:
+            cb(value)
+        self._callbacks.clear()
+
+    def then(self, callback) -> None:
+        if self.done:
+            callback(self._value)
+        else:
+            self._callbacks.append(callback)
+
+    @property
+    def value(self):
+        return self._value
+
+
+def _ip(n: int | None) -> str | None:
+    return None if n is None else str(ipaddress.IPv4Address(n))
+
+
+class Commands:
+    def __init__(self, daemon) -> None:
+        self._d = daemon
+
+    # --- read-only handles for the multicast part ------------------------------------------
+
+    @property
+    def cfg(self):
+        return self._d.cfg
+
+    @property
+    def engine(self):
+        return self._d.node
+
+    @property
+    def interfaces(self):
+        return self._d.interfaces
+
+    @property
+    def log(self):
+        return self._d.log
+
+    def time(self) -> float:
+        return self._d.loop.time()
+
+    def link_is_up(self, ifindex: int) -> bool:
+        return self._d.interfaces.up.get(ifindex, True)
+
+    # --- views ------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        import psutil  # only here: a daemon nobody asks does not load it
+
+        d = self._d
+        proc = psutil.Process()
+        node = d.node
+        links = node.links.values()
+        ks = d.kernel_sync
+        counters = {**dict(sorted(node.counters.items())), **d.overlay.counters, **d.counters}
+        if ks is not None:
+            counters.update(ks.stats)
+        counters.update({f"errors.{k}": v for k, v in d.loop.errors.items()})
+        return {
+            "logical_id": d.cfg.logical_id, "port": d.cfg.port, "metric": d.cfg.metric,
+            "kernel_levels": list(d.cfg.kernel_levels), "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - d.started, 3),
+            "rss_bytes": proc.memory_info().rss, "cpu_s": round(sum(proc.cpu_times()[:2]), 3),
+            "neighbors_up": sum(1 for l in links if l.up), "links": len(node.links),
+            "nodes": len(node.lsdb), "routes": len(node.routes()),
+            "routes_installed": len(ks.installed) if ks is not None else 0,
+            "restart_hold": bool(ks and ks.hold), "table": d.cfg.table,
+            "capabilities": d.caps.to_json(), "kernel_use": d.plan.to_json(),
+            "auth": ("none (UNAUTHENTICATED: set key_file)" if node.auth is None
+                     else f"hmac-sha256, key {node.auth.send_id}, {len(node.auth.keys)} accepted"),
+            "route_protocol": d.cfg.route_protocol, "groups": len(node.groups),
+            "counters": counters, "lsa_seq": node.seq, "now": round(d.loop.time(), 3),
+        }
+
+    def neighbors(self) -> list[dict]:
+        now = self._d.loop.time()
+        return [l.to_json(now) for l in sorted(self._d.node.links.values(), key=lambda l: l.key)]
+
+    def routes(self) -> list[dict]:
+        d = self._d
+        spf = d.node.spf()
+        installed = d.kernel_sync.installed if d.kernel_sync is not None else {}
+        out = []
+        for dst, r in sorted(d.node.routes().items()):
+            node = int(ipaddress.IPv4Network(dst).network_address)
+            out.append({"dst": dst, "cost": spf.get(node, (None,))[0], "metric": d.cfg.metric,
+                        "prefsrc": r.prefsrc, "protocol": d.cfg.route_protocol,
+                        "table": d.cfg.table,
+                        "nexthops": [{"gateway": nh.gateway, "ifindex": nh.ifindex,
+                                      "dev": d.interfaces.names.get(nh.ifindex, ""),
+                                      "weight": nh.weight} for nh in r.nexthops],
+                        "installed": installed.get(dst) == r})
+        return out
+
+    def topology(self) -> dict:
+        d = self._d
+        graph = d.node.lsdb.graph()
+        return {"self": d.cfg.logical_id,
+                "nodes": [{"id": _ip(o), "seq": lsa.seq, "links": len(lsa.links)}
+                          for o, lsa in sorted(d.node.lsdb.lsas.items())],
+                "links": [{"from": _ip(a), "to": _ip(b), "cost": c}
+                          for a, adj in sorted(graph.items()) for b, c in sorted(adj.items())]}
+
+    def groups(self) -> list[dict]:
+        node = self._d.node
+        members = node.group_members()
+        node.routes()  # refreshes group_choice
+        out = []
+        for g in sorted(set(members) | node.groups):
+            kind = ("gateway" if g == node.p.gateway_group else
+                    "anycast" if grp.is_anycast(g) else "multicast")
+            out.append({"group": _ip(g), "kind": kind,
+                        "members": [_ip(m) for m in sorted(members.get(g, ()))],
+                        "member": g in node.groups,
+                        "route_to": [_ip(m) for m in node.group_choice.get(g, [])],
+                        "route_dst": grp.mapped_dst(g, self._d.cfg.spines_mappings)
+                        if kind != "gateway" else "0.0.0.0/0"})
+        return out
+
+    VIEWS = ("status", "neighbors", "links", "routes", "topology", "groups")
+
+    def view(self, what: str):
+        if what == "links":
+            what = "neighbors"
+        return getattr(self, what)()
+
+    # --- changes ----------------------------------------------------------------------------
+
+    def join(self, group: str, joined: bool = True, origin: str = "control") -> dict:
+        """Join or leave a group; ValueError with the reason when it cannot be done."""
+        d = self._d
+        try:
+            g = ipaddress.IPv4Address(group)
+        except ValueError:
+            raise ValueError(f"'{group}' is not an IPv4 address") from None
+        if joined:
+            try:
+                check_group(str(g), "group")
+            except ConfigError as e:
+                raise ValueError(str(e).removeprefix("group: ")) from None
+        node = d.node
+        now = d.loop.time()
+        if joined and int(g) not in node.groups and len(node.groups) >= d.cfg.max_own_groups:
+            d.counters["refused.own_groups"] += 1
+            if d.log_limit.allow(("groups.refused", origin), now):
+                d.log.warning("groups.refused", group=str(g), origin=origin,
+                              groups=len(node.groups), limit=d.cfg.max_own_groups,
+                              hint="max_own_groups bounds this node's groups")
+            raise ValueError(f"this node already belongs to {len(node.groups)} groups, the "
+                             f"limit (max_own_groups = {d.cfg.max_own_groups})")
+        changed = (node.join if joined else node.leave)(int(g), now)
+        d.sync_loopback()
+        d.after_event()
+        return {"group": str(g), "member": joined, "changed": changed}
+
+    def setlink(self, req: dict) -> Pending:
+        """Emulate bandwidth/latency/loss/burst on the link(s) from SOURCE (this node) to DEST.
+
+        Raises ValueError with a message for a person when the request cannot be applied; else
+        the reply comes through the returned Pending once the kernel part (tc, nftables: in
+        the worker thread, never on the loop) is done.
+        """
+        d = self._d
+        cfg = d.cfg
+        if not cfg.accept_link_commands:
+            raise ValueError("setlink refused: this daemon was not started with -m "
+                             "(accept_link_commands)")
+        values = {}
+        for key, hi in (("bandwidth_kbps", 10 ** 9), ("latency_ms", 60_000), ("loss_pct", 100),
+                        ("burst_pct", 100)):
+            try:
+                values[key] = float(req[key])
+            except (KeyError, TypeError, ValueError, OverflowError):
+                raise ValueError(f"setlink: {key} must be a number") from None
+            if not 0 <= values[key] <= hi:
+                raise ValueError(f"setlink: {key} {values[key]:g} is out of range 0..{hi}")
+        port = req.get("port")
+        if port is not None:
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise ValueError(f"setlink: port {port!r} is not a UDP port (1..65535)")
+            if port != cfg.port:
+                raise ValueError(f"setlink: port {port} is not this daemon's overlay port "
+                                 f"({cfg.port})")
+        source, dest = str(req.get("source", "")), str(req.get("dest", ""))
+        node = d.node
+        mine = {cfg.logical_id} | {l.local_addr for l in node.links.values()}
+        if source not in mine:
+            if dest in mine:
+                raise ValueError(f"setlink: SOURCE {source} is not this node ({cfg.logical_id}); "
+                                 f"a link is set at its source: run setlink on {source}'s daemon")
+            raise ValueError(f"setlink: SOURCE {source} is not this node ({cfg.logical_id})")
+        links = [l for l in node.links.values()
+                 if dest in (l.peer_addr, _ip(l.peer_id))
+                 and source in (cfg.logical_id, l.local_addr)]
+        if not links:
+            raise ValueError(f"setlink: no link from {source} to {dest} (neighbors: "
+                             f"{', '.join(sorted(l.peer_addr for l in node.links.values())) or 'none'})")
+        pending = Pending()
+        result: list[dict] = []
+
+        def applied_one(link, emu, outcome, error) -> None:
+            if error is not None:
+                kernel = f"not applied: {error}"
+            else:
+                for param in outcome.daemon_covered:  # e.g. a tbf also paces our hellos
+                    setattr(emu, EMULATION_FIELDS[param], 0.0)
+                kernel = outcome.summary
+            link.emulation = emu if emu.active else None
+            result.append({"link": f"{link.ifname}:{link.peer_addr}",
+                           "daemon": "applied" if emu.active else "cleared", "kernel": kernel})
+            d.log.info("link.emulation", link=link.peer_addr, ifname=link.ifname, **values,
+                       kernel=kernel)
+            if len(result) == len(links):
+                pending.resolve({"links": result})
+
+        for link in links:
+            emu = LinkEmulation(**values)
+            d.apply_emulation(link, values,
+                              lambda outcome, error, link=link, emu=emu:
+                              applied_one(link, emu, outcome, error))
+        return pending

@@ -1,0 +1,97 @@
+"""The overlay socket: the daemon's UDP port, with every packet pinned to its link.
+
+Data model: ``OverlaySocket`` owns one UDP socket bound to the overlay port on all addresses,
+with IP_PKTINFO (the arrival interface of each datagram) and precedence "internetwork
+control" (TOS 0xC0).  ``counters``: send_errors, recv_errors, emulated_drops.
+
+Entry points: ``OverlaySocket(port, loop)``, ``fileno()``, ``receive(limit)`` -> every pending
+datagram as (ifindex, source address, bytes), up to ``limit`` (so timers still run under a
+flood), ``send(link, packet)`` (through the link's emulation, if setlink gave it one).
+
+Own traffic stays on the direct link: every packet to a neighbor is sent with IP_PKTINFO naming
+the link's interface and source address, so the kernel routes it out of that interface even
+when the overlay's best route to the neighbor's address goes elsewhere (the FIB lookup skips
+next hops not on the requested interface and falls back to the connected subnet).  Neighbors
+must therefore be on-link, which kernel routing needs anyway: a route's gateway must be on-link.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections import Counter
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+IPTOS_PREC_INTERNETCONTROL = 0xC0
+PKTINFO = struct.Struct("=i4s4s")
+CMSG_SPACE = socket.CMSG_SPACE(PKTINFO.size)
+RECV_SIZE = 65535
+
+
+class OverlaySocket:
+    def __init__(self, port: int, loop) -> None:
+        self.port = port
+        self.loop = loop
+        self.counters: Counter[str] = Counter()
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.setsockopt(socket.SOL_IP, IP_PKTINFO, 1)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, IPTOS_PREC_INTERNETCONTROL)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            s.setblocking(False)
+            s.bind(("0.0.0.0", port))
+        except BaseException:
+            s.close()
+            raise
+        self.sock = s
+        self._pktinfo: dict[tuple[int, str], list] = {}  # per link: the ancillary data list
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def receive(self, limit: int = 256) -> list[tuple[int, str, bytes]]:
+        out = []
+        recvmsg = self.sock.recvmsg
+        unpack = PKTINFO.unpack_from
+        for _ in range(limit):
+            try:
+                data, anc, _flags, addr = recvmsg(RECV_SIZE, CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # e.g. an ICMP error reported on the socket
+                self.counters["recv_errors"] += 1
+                continue
+            ifindex = 0
+            for level, typ, cdata in anc:
+                if level == socket.SOL_IP and typ == IP_PKTINFO and len(cdata) >= PKTINFO.size:
+                    ifindex = unpack(cdata)[0]
+            out.append((ifindex, addr[0], data))
+        return out
+
+    def send(self, link, pkt: bytes) -> None:
+        emu = link.emulation
+        if emu is None:
+            self._send(link, pkt)
+            return
+        now = self.loop.time()
+        when = emu.schedule(now, len(pkt))
+        if when is None:
+            self.counters["emulated_drops"] += 1
+        elif when <= now:
+            self._send(link, pkt)
+        else:
+            self.loop.call_at(when, self._send, link, pkt)
+
+    def _send(self, link, pkt: bytes) -> None:
+        key = (link.ifindex, link.local_addr)
+        anc = self._pktinfo.get(key)
+        if anc is None:
+            info = PKTINFO.pack(link.ifindex, socket.inet_aton(link.local_addr), b"\0\0\0\0")
+            anc = self._pktinfo[key] = [(socket.SOL_IP, IP_PKTINFO, info)]
+        try:
+            self.sock.sendmsg([pkt], anc, 0, (link.peer_addr, self.port))
+        except OSError:
+            self.counters["send_errors"] += 1
