@@ -23,8 +23,10 @@ def capabilities():
     """The kernel's features as the daemon sees them (probed once per run)."""
     global _caps
     if _caps is None:
+        from spines_kr.daemon.logging import setup
         from spines_kr.netlink import capabilities as capmod
 
+        setup("warning")  # the suite's own process: library logs only when something is wrong
         _caps = capmod.probe()
     return _caps
 

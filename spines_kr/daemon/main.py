@@ -238,6 +238,19 @@ class Daemon:
                 raise StartError(f"metrics_listen {cfg.metrics_listen}: {e.strerror or e}",
                                  ExitCode.RUNTIME) from None
 
+    def _update_prefsrc(self) -> None:
+        """Routes carry the logical ID as preferred source while it is on this host: taken off
+        lo, the kernel would refuse every write ("Invalid prefsrc address"), so routes go on
+        without it until it is back."""
+        cfg = self.cfg
+        want = cfg.logical_id if cfg.prefsrc and self.interfaces.owner(cfg.logical_id) else None
+        if want != self.node.p.prefsrc:
+            self.node.set_prefsrc(want)
+            (self.log.info if want else self.log.warning)(
+                "routes.prefsrc", prefsrc=want, logical_id=cfg.logical_id,
+                reason="the logical ID is back on this host" if want else
+                "the logical ID left this host; routes go on without a preferred source")
+
     def _check_addresses(self) -> None:
         """-I addresses must be local; a neighbor must not be one of ours (usage errors)."""
         cfg, ifs = self.cfg, self.interfaces
@@ -436,6 +449,7 @@ class Daemon:
                     self.log.warning("netlink.overflow", action="full resync")
                     ks.drift("netlink overflow")
             if ch.addresses:
+                self._update_prefsrc()
                 self._resolve_neighbors(now)
                 if self.multicast is not None:
                     self.multicast.refresh()

@@ -244,6 +244,13 @@ class Node:
         self._originate(now)
         self.routes_version += 1
 
+    def set_prefsrc(self, prefsrc: str | None) -> None:
+        """The preferred source of our routes: the logical ID while it is on this host, none
+        when it is not (the kernel refuses a prefsrc that is not local)."""
+        if prefsrc != self.p.prefsrc:
+            self.p = dataclasses.replace(self.p, prefsrc=prefsrc)
+            self.routes_version += 1
+
     def join(self, group: int, now: float) -> bool:
         """Join a group (class D or E); True if that changed anything.  Beyond
         ``max_own_groups`` the join is refused (counted ``refused.own_groups``): callers check

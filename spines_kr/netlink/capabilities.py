@@ -12,6 +12,8 @@ Data model:
 
 Entry points: ``probe(netns=None, refresh=False) -> Capabilities`` (cached per process and
 namespace: the set of features only grows while a kernel runs), ``render(caps)``.
+``SPINES_KR_WITHOUT=feature,...`` in the environment reports those features absent whatever
+the kernel has: how an operator (or a test) sees what the daemon does on a smaller kernel.
 Users: ``spines-kr capabilities [--json]``, the daemon (its start-up line, ``show status`` and
 the decision of what to use, ``daemon.features``), and the test suite (``tests/conftest.py``:
 ``@pytest.mark.needs("multicast_routing")`` skips naming the missing feature).
@@ -155,6 +157,8 @@ class Capabilities:
         if self.present.get(key) is None:
             why = self.detail.get(key) or "the probe could not tell"
             return f"{f.title} unknown ({why})"
+        if self.detail.get(key) == "hidden by SPINES_KR_WITHOUT":
+            return f"kernel without {f.title} ({f.kconfig}; hidden by SPINES_KR_WITHOUT)"
         if key == "wireguard":
             return "kernel without WireGuard (CONFIG_WIREGUARD) and no wireguard-go with /dev/net/tun"
         if key == "nftables":
@@ -237,6 +241,9 @@ def probe(netns: str | None = None, refresh: bool = False) -> Capabilities:
     note("tun", _tun())
     note("wireguard", _wireguard(netns, present["tun"]))
     note("ipv6", _ipv6(netns))
+    for key in os.environ.get("SPINES_KR_WITHOUT", "").replace(",", " ").split():
+        if key in FEATURES:
+            present[key], detail[key] = False, "hidden by SPINES_KR_WITHOUT"
     caps = Capabilities(present, detail, platform.release())
     if all(v is not None for v in present.values()):
         _cache[netns] = caps
