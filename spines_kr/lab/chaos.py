@@ -21,10 +21,11 @@ Entry points:
                                             (with the seed, the actions so far and the diff)
 
 The oracle: a networkx graph of every node and the links not failed (a killed daemon is restarted
-before the check, so its node is live).  For node s and every node d it reaches, the daemon's rule
-without multipath: among the neighbors that begin some shortest path (1 + dist(h, d) =
-dist(s, d)), the one of lowest logical ID (as an IPv4 integer); the gateway is that neighbor's
-address on the link between them.  d's advertised prefixes go the same way (one advertiser each).
+before the check, so its node is live).  For node s and every node d it reaches, the daemon's rule:
+the neighbors that begin some shortest path (1 + dist(h, d) = dist(s, d)) -- all of them with
+multipath (the default: one route, a next hop each), else the one of lowest logical ID (as an
+IPv4 integer); the gateway is that neighbor's address on the link between them.  d's advertised
+prefixes go the same way (one advertiser each).
 Unreachable nodes and their prefixes have no route.
 
 Actions (a seeded ``random.Random``; choices only ever depend on the seed, never on timing):
@@ -94,7 +95,8 @@ def _ip_int(addr: str) -> int:
 # -- the oracle --------------------------------------------------------------------------------
 
 def expected_routes(st: dict, failed=()) -> dict[str, dict[str, list[str]]]:
-    """What every node's kernel table should hold: {node: {dst: [gateway]}} (see the module)."""
+    """What every node's kernel table should hold: {node: {dst: sorted gateways}} (see the
+    module)."""
     import networkx as nx  # a test dependency; the lab package itself does not need it
 
     nodes = {n["name"]: n for n in st["nodes"]}
@@ -116,9 +118,10 @@ def expected_routes(st: dict, failed=()) -> dict[str, dict[str, list[str]]]:
             if d == s:
                 continue
             first = [h for h in g.neighbors(s) if d in dist[h] and 1 + dist[h][d] == cost]
-            h = min(first, key=lambda x: _ip_int(nodes[x]["logical_id"]))
+            if not nodes[s].get("multipath", True):
+                first = [min(first, key=lambda x: _ip_int(nodes[x]["logical_id"]))]
             for dst in [nodes[d]["logical_id"] + "/32", *nodes[d].get("prefixes", [])]:
-                routes[dst] = [gw[(s, h)]]
+                routes[dst] = sorted(gw[(s, h)] for h in first)
         out[s] = routes
     return out
 

@@ -130,7 +130,7 @@ class LabConflict(LabError):
 
 def daemon_argv(*, port: int, logical_id: str, local_addresses: list[str], neighbors: list[str],
                 metric: str, log_file: str, ipc_path: str, control_socket: str,
-                prefixes: list[str] = (), multipath: bool = False, table: int = MAIN_TABLE,
+                prefixes: list[str] = (), multipath: bool = True, table: int = MAIN_TABLE,
                 keep_routes: bool = False, groups: list[str] = (),
                 kernel_levels: tuple[int, ...] = (0,), anypath: bool = False,
                 key_file: str | None = None) -> list[str]:
@@ -144,8 +144,7 @@ def daemon_argv(*, port: int, logical_id: str, local_addresses: list[str], neigh
         argv += ["-a", a]
     for p in prefixes:
         argv += ["--prefix", p]
-    if multipath:
-        argv.append("--multipath")
+    argv.append("--multipath" if multipath else "--no-multipath")
     if table != MAIN_TABLE:
         argv += ["--table", str(table)]
     if keep_routes:
@@ -379,8 +378,8 @@ def plan(topology: Topology, lab: str, *, port: int | None = None,
         # optional keywords only when set, so a stand-in without them still fits
         if n.advertised:
             spec["prefixes"] = [str(p) for p in n.advertised]
-        if topology.multipath:
-            spec["multipath"] = True
+        if not topology.multipath:
+            spec["multipath"] = False
         if n.groups:
             spec["groups"] = [str(g) for g in n.groups]
         if topology.kernel_levels != (0,):

@@ -11,7 +11,8 @@ File format::
 
     metric = "distance"          # optional: distance|latency|loss|explat|problem
     port = 8100                  # optional: overlay UDP port of every daemon
-    multipath = false            # optional: daemons install multipath routes (--multipath)
+    multipath = true             # optional: multipath routes where next hops tie (the daemon's
+                                 #   default); false gives every daemon --no-multipath
     kernel_levels = [0, 1]       # optional: -k levels of every daemon (0 nodes, 1 anycast, ...)
     anypath = false              # optional: anycast routes to all nearest members
     link_subnet = "10.200.0.0/16"  # optional: pool the links' /30s are cut from, in link order
@@ -185,7 +186,7 @@ class Topology:
     nodes: tuple[Node, ...]
     links: tuple[Link, ...]
     hosts: tuple[Host, ...] = ()
-    multipath: bool = False  # daemons install multipath routes where next hops tie
+    multipath: bool = True  # daemons install multipath routes where next hops tie (their default)
     kernel_levels: tuple[int, ...] = (0, 1)  # -k levels of every daemon
     anypath: bool = False  # anycast routes to all nearest members
     slot: int = 0            # overlay slot the defaults were allocated for (0: a lab of its own)
@@ -290,7 +291,7 @@ def from_dict(data: dict, *, slot: int = 0) -> Topology:
     anypath = data.get("anypath", False)
     if not isinstance(anypath, bool):
         raise TopologyError(f"anypath: expected true or false, got {anypath!r}")
-    multipath = data.get("multipath", False)
+    multipath = data.get("multipath", True)
     if not isinstance(multipath, bool):
         raise TopologyError(f"multipath: expected true or false, got {multipath!r}")
     metric = data.get("metric", DEFAULT_METRIC)

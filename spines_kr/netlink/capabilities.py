@@ -41,6 +41,10 @@ only, where no namespace can be created):
     exists, NLM_F_EXCL).  Checked on 6.18 against ``ip link add ... type KIND`` in a throwaway
     namespace (tests/kernel/test_capabilities.py does that on every kernel it runs on):
         ip link add lo type dummy   # "RTNETLINK answers: File exists" when dummy is missing
+    Loading ip_gre, ipip or dummy makes devices (gre0, gretap0, erspan0 in every namespace,
+    tunl0, dummy0), so those three are not loaded by a probe: a kind whose module is known to
+    the system (/lib/modules/<release>/modules.dep) but not loaded (/sys/module, /proc/modules)
+    is reported present as "loadable module, not loaded" without asking the kernel.
   * wireguard: the generic netlink family "wireguard" (CONFIG_WIREGUARD; looking it up loads
     the module), else the ``wireguard-go`` program with a usable /dev/net/tun.
   * tun: /dev/net/tun opens (no device is attached to it).
@@ -227,7 +231,9 @@ def probe(netns: str | None = None, refresh: bool = False) -> Capabilities:
             note("policy_rules", _rules(sock, socket.AF_INET))
             note("nexthop_objects", _nexthops(sock))
             for kind, (top, data) in _KIND_PROBES.items():
-                note(kind, _link_kind(sock, kind, top, data))
+                unloaded = _unloaded_module(kind)
+                note(kind, (True, f"loadable module {unloaded}, not loaded") if unloaded
+                     else _link_kind(sock, kind, top, data))
     note("multicast_routing", _mroute(netns))
     if present["multicast_routing"] is False:
         note("multicast_tables", (False, "no multicast routing at all"))
@@ -295,6 +301,28 @@ def _link_kind(sock: socket.socket, kind: str, top: bytes, data: bytes) -> tuple
     if code == errno.EPERM:
         return None, "not permitted: needs CAP_NET_ADMIN"
     return None, f"link probe answered {message or 'success'}"
+
+
+# Kinds whose module makes devices when it loads: a probe must not load it.
+_DEVICE_MAKING_MODULES = {"gre": "ip_gre", "ipip": "ipip", "dummy": "dummy"}
+
+
+def _unloaded_module(kind: str) -> str | None:
+    """The module of ``kind`` when it exists as a loadable module that is not loaded yet."""
+    module = _DEVICE_MAKING_MODULES.get(kind)
+    if module is None or os.path.isdir(f"/sys/module/{module}"):
+        return None  # loaded, or built in (with parameters, which these three have)
+    if not os.path.exists("/proc/modules"):
+        return None  # no loadable modules in this kernel: nothing can load
+    try:
+        with open(f"/lib/modules/{platform.release()}/modules.dep") as f:
+            for line in f:
+                name = line.split(":", 1)[0].rsplit("/", 1)[-1]
+                if name.split(".ko", 1)[0].replace("-", "_") == module:
+                    return module
+    except OSError:
+        pass
+    return None
 
 
 def _ask(sock: socket.socket, seq: int, request: bytes) -> tuple[int, str]:

@@ -3,6 +3,11 @@
 Every test works in namespaces of its own (``sktest-<hex>``).  Packets are sent only between
 10.0.0.1 (v0, in ``netns``) and 10.0.0.2 (the veth peer moved into a second namespace, so that
 they cross the device whose egress is emulated instead of being delivered locally).
+
+What the kernel offers decides what ``apply`` does: with netem, latency and loss (and then
+everything asked) go into one netem qdisc; without it, bandwidth is tbf and loss an nftables
+drop.  Tests that depend on it branch on the suite's probe (``tests.conftest.capabilities``, the
+daemon's own) and skip, naming the feature, only for what the kernel lacks.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ from spines_kr.netlink.emulation import (
     probe,
 )
 from spines_kr.netlink.nsenter import socket_in_netns
+from tests.conftest import capabilities, require
 from tests.kernel.conftest import add_veth, ip
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.needs("veth")]
 
 INSTANCE = 8100  # the overlay's UDP port
 HANDLE = "1fa4:"  # 8100 in hex: our root qdisc's handle
@@ -58,6 +64,8 @@ def ruleset(ns: str) -> list[dict]:
 
 
 def tables(ns: str) -> set[str]:
+    if not capabilities().has("nftables"):
+        return set()  # no nftables (kernel or nft program): no table can exist
     return {item["table"]["name"] for item in ruleset(ns) if "table" in item}
 
 
@@ -109,7 +117,19 @@ def ping_received(ns: str, count: int) -> int:
     return int(match[2])
 
 
+def has_netem() -> bool:
+    return capabilities().has("netem")
+
+
 # --- capabilities ---------------------------------------------------------------------------
+
+
+def tc_accepts(ns: str, dev: str, *qdisc: str) -> bool:
+    """Whether tc can make ``qdisc`` the root of ``dev`` (removed again when it could)."""
+    ok = run_in(ns, "tc", "qdisc", "add", "dev", dev, "root", *qdisc, check=False).returncode == 0
+    if ok:
+        run_in(ns, "tc", "qdisc", "del", "dev", dev, "root")
+    return ok
 
 
 def test_probe_agrees_with_tc_and_changes_nothing(netns, veth):
@@ -117,12 +137,15 @@ def test_probe_agrees_with_tc_and_changes_nothing(netns, veth):
     before = root_qdisc(netns, "lo")
     caps = probe(netns, refresh=True)
     assert root_qdisc(netns, "lo") == before  # the probe never grafts anything
-    assert caps.tbf and caps.detail == ""
+    assert caps.detail == ""
     assert caps.nft == (subprocess.run(["which", "nft"], capture_output=True).returncode == 0)
-    # netem: whatever tc finds, on a device of the test's own namespace.
-    tc_netem = run_in(netns, "tc", "qdisc", "add", "dev", veth.peer, "root", "netem", "delay",
-                      "1ms", check=False).returncode == 0
-    assert caps.netem == tc_netem
+    # tbf and netem: whatever tc finds, on a device of the test's own namespace; the suite's
+    # probe (the daemon's) agrees.
+    tc_tbf = tc_accepts(netns, veth.peer, "tbf", "rate", "1mbit", "burst", "32kbit", "latency",
+                        "50ms")
+    tc_netem = tc_accepts(netns, veth.peer, "netem", "delay", "1ms")
+    assert (caps.tbf, caps.netem) == (tc_tbf, tc_netem)
+    assert (capabilities().has("tbf"), has_netem()) == (tc_tbf, tc_netem)
     assert probe(netns) == caps  # remembered
 
 
@@ -134,6 +157,7 @@ def test_probe_of_missing_namespace_reports_instead_of_raising():
 # --- bandwidth: tbf -------------------------------------------------------------------------
 
 
+@pytest.mark.needs("tbf")
 def test_bandwidth_installs_tbf_reapply_changes_it_clear_removes_it(netns, veth):
     default = root_qdisc(netns, veth.name)
     result = emulate(veth, netns, bandwidth_kbps=1000)
@@ -157,6 +181,7 @@ def test_bandwidth_installs_tbf_reapply_changes_it_clear_removes_it(netns, veth)
     assert emulate(veth, netns, bandwidth_kbps=0).outcome["bandwidth"] == CLEARED  # idempotent
 
 
+@pytest.mark.needs("tbf")
 @pytest.mark.parametrize("theirs", [["handle", "5:", "pfifo"],
                                     ["tbf", "rate", "1mbit", "burst", "32kbit", "latency", "50ms"]])
 def test_root_qdisc_of_someone_else_is_left_alone(netns, veth, theirs):
@@ -173,6 +198,7 @@ def test_root_qdisc_of_someone_else_is_left_alone(netns, veth, theirs):
     assert root_qdisc(netns, veth.name) == before
 
 
+@pytest.mark.needs("tbf")
 def test_kernel_refusal_is_reported_not_raised(netns):
     gone = emulation.apply(4242, "nosuch0", bandwidth_kbps=1000, latency_ms=None, loss_pct=None,
                            burst_pct=None, instance=INSTANCE, netns=netns)
@@ -196,9 +222,10 @@ def test_out_of_range_parameters_raise(netns, veth):
 
 def test_loss_drops_kernel_traffic_but_not_the_overlay_port(netns, pair, veth):
     result = emulate(veth, netns, loss_pct=100)
-    if probe(netns).netem:  # netem carries loss then, for every packet on the device
+    if has_netem():  # netem carries loss then, for every packet on the device
         assert result.outcome["loss"] == KERNEL_NETEM and "loss" in result.daemon_covered
         return
+    require("nftables")
     assert result.outcome["loss"] == KERNEL_NFT_DROP
     assert "loss" not in result.daemon_covered  # the daemon still emulates loss on its packets
     chains = [i["chain"] for i in ruleset(netns) if "chain" in i]
@@ -233,9 +260,10 @@ def test_loss_drops_kernel_traffic_but_not_the_overlay_port(netns, pair, veth):
 
 def test_loss_drops_about_that_fraction_and_clear_removes_the_rules(netns, pair, veth):
     result = emulate(veth, netns, loss_pct=20, burst_pct=30)
-    if probe(netns).netem:
+    if has_netem():
         assert set(result.outcome.values()) == {OFF, KERNEL_NETEM}
         return
+    require("nftables")
     assert result.outcome == {"bandwidth": OFF, "latency": OFF, "loss": KERNEL_NFT_DROP,
                               "burst": "daemon-only (burst not applied to kernel traffic)"}
     rules = [i["rule"] for i in ruleset(netns) if "rule" in i]
@@ -259,8 +287,10 @@ def test_loss_drops_about_that_fraction_and_clear_removes_the_rules(netns, pair,
 def test_loss_on_any_interface_name(netns, name, chain):
     dev = add_veth(netns, name, "p0", "10.0.3.1/24")
     result = emulate(dev, netns, loss_pct=1)
-    if probe(netns).netem:
+    if has_netem():
+        assert result.outcome["loss"] == KERNEL_NETEM, result.outcome
         return
+    require("nftables")
     assert result.outcome["loss"] == KERNEL_NFT_DROP, result.outcome
     assert [i["chain"]["name"] for i in ruleset(netns) if "chain" in i] == [chain]
     assert emulate(dev, netns).outcome["loss"] == CLEARED
@@ -268,11 +298,17 @@ def test_loss_on_any_interface_name(netns, name, chain):
 
 
 def test_nft_missing_is_reported(netns, veth, monkeypatch):
+    netem = has_netem()
+    if not netem:
+        require("tbf")
     probe(netns)  # capabilities of the kernel, before nft "disappears"
     monkeypatch.setenv("PATH", "/nonexistent")
     result = emulate(veth, netns, loss_pct=10, bandwidth_kbps=500)
-    assert result.outcome["loss"] == "daemon-only (nft missing)" or probe(netns).netem
-    assert result.outcome["bandwidth"] in (KERNEL_TBF, KERNEL_NETEM)
+    if netem:  # netem carries the loss: no nft needed
+        assert result.outcome["loss"] == result.outcome["bandwidth"] == KERNEL_NETEM
+    else:
+        assert result.outcome["loss"] == "daemon-only (nft missing)"
+        assert result.outcome["bandwidth"] == KERNEL_TBF
     assert result.errors == ()
     assert emulate(veth, netns).outcome["loss"] == CLEARED
 
@@ -283,7 +319,7 @@ def test_nft_missing_is_reported(netns, veth, monkeypatch):
 def test_latency_reports_what_this_kernel_can_do(netns, veth):
     default = root_qdisc(netns, veth.name)
     result = emulate(veth, netns, latency_ms=40)
-    if probe(netns).netem:
+    if has_netem():
         assert result.outcome["latency"] == KERNEL_NETEM and "latency" in result.daemon_covered
         assert root_qdisc(netns, veth.name)["kind"] == "netem"
     else:
@@ -293,10 +329,13 @@ def test_latency_reports_what_this_kernel_can_do(netns, veth):
         assert result.summary == "v0: latency 40 ms daemon-only (no netem in this kernel)"
 
 
+@pytest.mark.needs("tbf")
 def test_all_four_parameters(netns, veth):
+    if not has_netem():
+        require("nftables")
     result = emulate(veth, netns, bandwidth_kbps=3000, latency_ms=25, loss_pct=2.5, burst_pct=40)
     q = root_qdisc(netns, veth.name)
-    if probe(netns).netem:
+    if has_netem():
         assert set(result.outcome.values()) == {KERNEL_NETEM}
         assert result.daemon_covered == set(emulation.PARAMETERS)
         assert (q["kind"], q["handle"]) == ("netem", HANDLE)
@@ -319,7 +358,8 @@ def test_all_four_parameters(netns, veth):
 
 
 def test_netem_request_encodes_all_four(netns):
-    """This kernel has no netem: at least the request the daemon would send is checked."""
+    """The netem request the daemon sends, decoded again (on any kernel: one without netem
+    never sees it)."""
     want = emulation._Want("netem", emulation.PARAMETERS, 375000, 25.5, 2.5, 40)
     msg = tcmsg()
     msg["attrs"] = [("TCA_KIND", "netem"), ("TCA_OPTIONS", want.options(1500))]
@@ -336,22 +376,32 @@ def test_netem_request_encodes_all_four(netns):
 # --- clear_all ------------------------------------------------------------------------------
 
 
+@pytest.mark.needs("tbf")
 def test_clear_all_removes_ours_and_only_ours(netns, veth):
+    netem = has_netem()
+    if not netem:
+        require("nftables")
     second = add_veth(netns, "v2", "v3", "10.0.1.1/24")
     third = add_veth(netns, "v4", "v5", "10.0.2.1/24")
     emulate(veth, netns, bandwidth_kbps=1000, loss_pct=1)
     emulate(second, netns, loss_pct=3)
     emulate(third, netns, instance=8200, bandwidth_kbps=700, loss_pct=1)  # another overlay
-    assert tables(netns) == {"spines_kr_8100", "spines_kr_8200"}
+    if netem:  # one netem per device carries bandwidth and loss; no nftables at all
+        kind, ours, theirs = "netem", [veth, second], []
+        assert tables(netns) == set()
+    else:  # tbf where bandwidth was asked, the loss in each overlay's nftables table
+        kind, ours, theirs = "tbf", [veth], ["nft table inet spines_kr_8200"]
+        assert tables(netns) == {"spines_kr_8100", "spines_kr_8200"}
 
     removed = clear_all(INSTANCE, netns)
-    assert removed == [f"tbf on ifindex {veth.ifindex}", "nft table inet spines_kr_8100"]
+    assert removed == [f"{kind} on ifindex {d.ifindex}" for d in ours] + (
+        [] if netem else ["nft table inet spines_kr_8100"])
     assert root_qdisc(netns, veth.name)["kind"] == "noqueue"
-    assert tables(netns) == {"spines_kr_8200"}
-    assert (root_qdisc(netns, "v4")["kind"], root_qdisc(netns, "v4")["handle"]) == ("tbf", "2008:")
+    assert root_qdisc(netns, second.name)["kind"] == "noqueue"
+    assert tables(netns) == ({"spines_kr_8200"} if theirs else set())
+    assert (root_qdisc(netns, "v4")["kind"], root_qdisc(netns, "v4")["handle"]) == (kind, "2008:")
 
     assert clear_all(INSTANCE, netns) == []
-    assert clear_all(8200, netns) == [f"tbf on ifindex {third.ifindex}",
-                                      "nft table inet spines_kr_8200"]
+    assert clear_all(8200, netns) == [f"{kind} on ifindex {third.ifindex}", *theirs]
     assert tables(netns) == set()
     assert root_qdisc(netns, "v4")["kind"] == "noqueue"

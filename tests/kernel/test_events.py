@@ -15,7 +15,7 @@ from spines_kr.netlink.nsenter import socket_in_netns
 from spines_kr.routing.model import NextHop, Route
 from tests.kernel.conftest import ip
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.needs("veth")]
 
 
 @pytest.fixture
@@ -60,6 +60,7 @@ def test_address_events(watch, netns, veth):
     wait_for(watch, lambda e: e == AddrEvent(veth.ifindex, "10.0.9.1", 28, added=False))
 
 
+@pytest.mark.needs("policy_rules")  # table 1000
 def test_route_deleted_by_hand(watch, netns, veth):
     with RouteTable(table=1000, netns=netns) as table:
         table.apply([Route("10.1.0.0/16", (NextHop("10.0.0.2", veth.ifindex),))], [])

@@ -20,7 +20,7 @@ from spines_kr.netlink.reconcile import Reconciler
 from spines_kr.routing.model import NextHop, Route, RouteSet, route_set
 from tests.kernel.conftest import add_veth, ip, ip_json
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.needs("nexthop_objects", "veth")]
 
 PRIORITY = 20
 B = ID_BASE
@@ -298,6 +298,7 @@ def test_link_down_deletes_objects_and_routes_silently(netns, veth, kernel, how)
     assert ip_nexthops(netns) == {}
 
 
+@pytest.mark.needs("policy_rules")  # table 100
 def test_two_slots_of_our_protocol_share_objects_and_do_not_sweep_each_other(netns, veth,
                                                                               kernel):
     desired = route_set([Route("10.1.0.0/16", via(veth, 2, 3))])

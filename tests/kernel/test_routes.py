@@ -15,7 +15,7 @@ from spines_kr.netlink.reconcile import Reconciler
 from spines_kr.routing.model import NextHop, Route, RouteSet, route_set
 from tests.kernel.conftest import add_veth, ip, ip_json
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.needs("veth")]
 
 PRIORITY = 20
 
@@ -45,6 +45,7 @@ def via(veth, *hosts: int, weights: tuple[int, ...] = ()) -> tuple[NextHop, ...]
     return tuple(NextHop(f"10.0.0.{h}", veth.ifindex, w) for h, w in zip(hosts, weights))
 
 
+@pytest.mark.needs("multipath")
 def test_single_and_multipath_routes_round_trip(netns, veth, table):
     routes = route_set([Route("10.1.0.0/16", via(veth, 2)),
                         Route("10.2.0.0/24", via(veth, 2, 3, weights=(3, 1))),
@@ -79,6 +80,7 @@ def test_batch_reports_exactly_the_failed_routes(netns, veth, table):
     assert table.dump() == good
 
 
+@pytest.mark.needs("policy_rules")  # tables other than main and local
 def test_foreign_routes_are_neither_dumped_nor_touched(netns, veth, table):
     foreign = [
         ("10.7.0.0/16", "via", "10.0.0.2", "proto", "static", "metric", "20"),
@@ -102,6 +104,7 @@ def test_foreign_routes_are_neither_dumped_nor_touched(netns, veth, table):
     assert ip(netns, "-4", "route", "show", "table", "all").splitlines() == others
 
 
+@pytest.mark.needs("policy_rules", "multipath")
 def test_table_above_255(netns, veth):
     with RouteTable(table=1000, priority=PRIORITY, netns=netns) as t:
         assert t.dump() == {}  # the table does not exist yet
@@ -130,6 +133,7 @@ def test_unencodable_route_is_an_error_value(netns, veth, table):
     assert set(table.dump()) == {"10.2.0.0/16"}
 
 
+@pytest.mark.needs("multipath")
 def test_reconciler_against_the_kernel(netns, veth, table):
     rec = Reconciler(table)
     desired = route_set([Route("10.1.0.0/16", via(veth, 2)), Route("10.2.0.0/16", via(veth, 2, 3))])

@@ -3,7 +3,11 @@
 import json
 import subprocess
 
+import pytest
+
 from spines_kr.netlink.rules import RuleTable, default_priority
+
+pytestmark = [pytest.mark.kernel, pytest.mark.needs("policy_rules")]
 
 
 def rules(ns):

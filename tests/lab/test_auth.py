@@ -14,7 +14,7 @@ import pytest
 from spines_kr.daemon.control import request
 from spines_kr.lab import netns, ops, topology
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.needs("veth")]
 
 # Runs inside n1's namespace: capture one packet n1's daemon sends to n2, then send attacks to
 # n2 from n1's link address, and finally replay the captured packet.
@@ -22,24 +22,29 @@ ATTACK = textwrap.dedent(r"""
     import socket, struct, sys, time
     sys.path.insert(0, sys.argv[5])
     from spines_kr.wire import packets as w
-    from spines_kr.wire.auth import KeyRing
+    from spines_kr.wire.auth import WINDOW, KeyRing
     ifname, src, dst, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     # outgoing packets reach only ETH_P_ALL taps (dev_queue_xmit_nit), not per-protocol ones
     cap = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(3))
     cap.bind((ifname, 0))
     cap.settimeout(5)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # an IPv4/UDP packet n1's daemon sends: authenticated
-        pkt, addr = cap.recvfrom(65535)
-        if addr[1] != 0x0800:
-            continue
-        ihl = (pkt[0] & 15) * 4
-        if (addr[2] == socket.PACKET_OUTGOING and pkt[9] == 17
-                and struct.unpack_from("!H", pkt, ihl + 2)[0] == port):
-            captured = pkt[ihl + 8:]
-            break
-    else:
+
+    def next_daemon_packet(deadline):
+        # The UDP payload of the next IPv4 packet n1's daemon sends out of ifname (to n2's
+        # daemon: a veth has one peer), authenticated; exit when none comes before deadline.
+        # The daemon's socket is bound to the overlay port: our attacks (from another source
+        # port) are not taken for its packets.
+        while time.monotonic() < deadline:
+            pkt, addr = cap.recvfrom(65535)
+            if addr[1] != 0x0800:
+                continue
+            ihl = (pkt[0] & 15) * 4
+            if (addr[2] == socket.PACKET_OUTGOING and pkt[9] == 17
+                    and struct.unpack_from("!HH", pkt, ihl) == (port, port)):
+                return pkt[ihl + 8:]
         sys.exit("no packet of n1's daemon captured")
+
+    captured = next_daemon_packet(time.monotonic() + 10)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((src, 0))
     fake = int.from_bytes(socket.inet_aton("10.100.0.99"), "big")
@@ -57,7 +62,11 @@ ATTACK = textwrap.dedent(r"""
     for name, data in attacks.items():
         for _ in range(3):
             s.sendto(data, (dst, port))
-    time.sleep(0.3)  # the captured packet is old by now: its counter is below the window
+    # Replay the captured packet once it is old: n1's daemon has sent n2 WINDOW packets since,
+    # each with a higher counter, so its counter is below n2's replay window (not merely seen).
+    deadline = time.monotonic() + 30
+    for _ in range(WINDOW):
+        next_daemon_packet(deadline)
     for _ in range(3):
         s.sendto(captured, (dst, port))
     print("sent", flush=True)
@@ -89,7 +98,7 @@ def test_forged_and_replayed_packets_change_nothing_and_are_counted():
         def seen():
             got.update(counters())
             return want <= {k for k, v in got.items() if v >= 3}
-        assert ops.wait(seen, 5) is not None, {k: v for k, v in got.items() if k.startswith("dropped")}
+        assert ops.wait(seen, 10) is not None, {k: v for k, v in got.items() if k.startswith("dropped")}
         # nothing reached any kernel: no route to the forged prefix, no route changed
         after = {n["name"]: ops.kernel_routes(n["netns"]) for n in st["nodes"]}
         assert after == before
@@ -129,7 +138,7 @@ def test_a_node_with_the_wrong_key_or_none_forms_no_adjacency(tmp_path):
             assert status()["neighbors_up"] == 0 and status()["nodes"] == 1
             # and n1's neighbors never took its word: no route anywhere goes to n1
             assert ops.wait(lambda: all(n1["logical_id"] + "/32" not in ops.kernel_routes(n["netns"])
-                                        for n in st["nodes"][1:]), 5) is not None
+                                        for n in st["nodes"][1:]), 10) is not None
             p.terminate()
             p.wait(timeout=10)
     finally:

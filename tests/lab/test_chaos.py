@@ -20,7 +20,8 @@ import pytest
 
 from spines_kr.lab import chaos, netns, ops
 
-pytestmark = pytest.mark.timeout(400)
+# silent failures are nftables drops
+pytestmark = [pytest.mark.timeout(400), pytest.mark.needs("veth", "nftables")]
 
 ROUNDS = 25
 MIN_ROUNDS = 4

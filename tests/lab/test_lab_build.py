@@ -17,6 +17,8 @@ from spines_kr.lab import netns, ops, topology
 from spines_kr.lab.cli import add_lab_parser
 from tests.lab.conftest import standin_argv
 
+pytestmark = pytest.mark.needs("veth")  # the lab's links
+NEEDS_HOSTS = pytest.mark.needs("bridge")  # a node's hosts sit on a bridge (its LAN)
 DEMO = topology.demo()
 
 
@@ -130,7 +132,7 @@ def test_down_after_a_killed_daemon_and_a_deleted_namespace(lab_name):
     os.kill(st["nodes"][0]["pid"], signal.SIGKILL)
     ip("netns", "del", f"{lab_name}-n3")
     # The killed daemon shows as dead (a zombie of this process until down reaps it).
-    netns._wait_gone({pids[0]: netns._proc(pids[0])[0]}, 5)
+    netns._wait_gone({pids[0]: netns._proc(pids[0])[0]}, 10)
     assert [n["alive"] for n in netns.status(lab_name)["nodes"]] == [False, True, True, True, True]
     report = netns.down(lab_name)
     assert not report["problems"]
@@ -270,6 +272,7 @@ attach = "n3"
 HOSTS = topology.parse(HOSTS_TOPOLOGY)
 
 
+@NEEDS_HOSTS
 def test_hosts_sit_on_a_lan_behind_their_node(lab_name, capsys):
     st = netns.up(HOSTS, lab_name, daemon=standin_argv)
     assert sorted(lab_netns(lab_name)) == [f"{lab_name}-{m}" for m in
@@ -341,6 +344,7 @@ def test_hosts_sit_on_a_lan_behind_their_node(lab_name, capsys):
     assert_gone(lab_name, pids)
 
 
+@NEEDS_HOSTS
 def test_up_fails_and_removes_the_hosts_too(lab_name, monkeypatch):
     monkeypatch.setenv("STANDIN_EXIT", "1")
     with pytest.raises(netns.LabError, match="exited with status 3"):
@@ -365,6 +369,7 @@ os._exit(9)  # dies with the lab up, its daemons left running
 """
 
 
+@NEEDS_HOSTS
 @pytest.mark.parametrize("when", ["build", "up"])
 def test_down_removes_hosts_after_up_crashed(lab_name, when):
     r = subprocess.run([sys.executable, "-c", CRASH, lab_name, when], input=HOSTS_TOPOLOGY,
@@ -404,7 +409,7 @@ def kernel_view(lab: str) -> dict:
     """Interfaces, IPv4 addresses and IPv4 routes of every namespace of a lab, once every veth
     has its carrier (a fresh pair's ends come up one after the other)."""
     assert ops.wait(lambda: not any(" DOWN " in ip("-n", ns, "-br", "link", "show")
-                                    for ns in lab_netns(lab)), 5) is not None
+                                    for ns in lab_netns(lab)), 10) is not None
     out = {}
     for ns in lab_netns(lab):
         out[ns] = (ip("-n", ns, "-br", "link", "show"), ip("-n", ns, "-4", "-br", "addr", "show"),

@@ -16,8 +16,10 @@ import pytest
 
 from spines_kr.daemon.control import request
 from spines_kr.lab import netns, ops, topology
+from tests.conftest import capabilities, require
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.needs("veth")]
+TIMEOUT = 10.0
 
 SLOW_FAST = """
 metric = "{metric}"
@@ -89,7 +91,7 @@ def test_latency_prefers_fast_three_hops_distance_the_short_two(metric, via):
             # the fast path slows down at run time: the route moves within a few seconds
             setlink(st, "n3", "n4", latency_ms=200)
             setlink(st, "n4", "n3", latency_ms=200)
-            assert ops.wait(lambda: first_hop(st, "n1", "n5") == "n2", 10) is not None
+            assert ops.wait(lambda: first_hop(st, "n1", "n5") == "n2", TIMEOUT) is not None
             shown = request(node(st, "n1")["control_socket"], {"cmd": "show", "what": "links"})["data"]
             to_n3 = next(l for l in shown if l["ifname"] == "to-n3")
             assert to_n3["emulation"]["latency_ms"] == 2 and to_n3["cost"] is not None
@@ -143,6 +145,7 @@ def tx_packets(ns, ifname) -> int:
     return out[0]["stats64"]["tx"]["packets"]
 
 
+@pytest.mark.needs("multipath")
 def test_square_gives_one_multipath_route_and_flows_use_both():
     name, st = lab_of(SQUARE)
     try:
@@ -164,6 +167,11 @@ def test_square_gives_one_multipath_route_and_flows_use_both():
 
 
 def test_setlink_command_shapes_daemon_and_kernel_traffic_and_exit_clears_it():
+    # With netem, one netem qdisc carries bandwidth, latency and loss; without it, bandwidth is
+    # tbf and loss an nftables drop (latency then acts on the daemon's own packets only).
+    netem = capabilities().has("netem")
+    if not netem:
+        require("tbf", "nftables")
     name, st = lab_of(SQUARE)
     try:
         n1 = node(st, "n1")
@@ -174,21 +182,25 @@ def test_setlink_command_shapes_daemon_and_kernel_traffic_and_exit_clears_it():
         env["PYTHONPATH"] = netns.child_env()["PYTHONPATH"]
         out = subprocess.run(argv, env=env, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
-        assert "kernel:tbf" in out.stdout and "kernel:nft-drop" in out.stdout, out.stdout
+        kind = "netem" if netem else "tbf"
+        if netem:
+            assert "kernel:netem" in out.stdout and "kernel:tbf" not in out.stdout, out.stdout
+        else:
+            assert "kernel:tbf" in out.stdout and "kernel:nft-drop" in out.stdout, out.stdout
         qdisc = subprocess.run(["ip", "netns", "exec", n1["netns"], "tc", "qdisc", "show", "dev",
                                 ln["a_ifname"]], capture_output=True, text=True).stdout
-        assert "tbf" in qdisc and "rate 2Mbit" in qdisc
+        assert kind in qdisc and "rate 2Mbit" in qdisc, qdisc
         # a wrong SOURCE is refused with one line, exit 1
         argv[-2] = dst
         bad = subprocess.run(argv, env=env, capture_output=True, text=True)
         assert bad.returncode == 1 and "not this node" in bad.stderr and bad.stderr.count("\n") == 1
         # a clean exit removes the qdisc and the nftables table
         os.kill(n1["pid"], signal.SIGTERM)
-        assert ops.wait(lambda: "tbf" not in subprocess.run(
+        assert ops.wait(lambda: kind not in subprocess.run(
             ["ip", "netns", "exec", n1["netns"], "tc", "qdisc", "show", "dev", ln["a_ifname"]],
-            capture_output=True, text=True).stdout, 5) is not None
+            capture_output=True, text=True).stdout, TIMEOUT) is not None
         tables = lambda: subprocess.run(["ip", "netns", "exec", n1["netns"], "nft", "list",
                                          "tables"], capture_output=True, text=True).stdout
-        assert ops.wait(lambda: "spines_kr_" not in tables(), 5) is not None, tables()
+        assert ops.wait(lambda: "spines_kr_" not in tables(), TIMEOUT) is not None, tables()
     finally:
         netns.down(name)

@@ -2,6 +2,9 @@
 a host's stream exactly once; a non-member's LAN gets nothing; a leave prunes the tree.
 
 Ring n1-n2, n2-n3, n3-n5, n5-n4, n4-n1; hosts h1 (sender) on n1, h3 on n3, h5 on n5, h4 on n4.
+Needs the kernel's IPv4 multicast routing (the daemons run with -k 2) and bridges (the hosts'
+LANs).  Waits have a timeout generous for a loaded machine; how fast membership converges is a
+benchmark's business, never asserted here.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import pytest
 
 from spines_kr.lab import netns, ops, topology
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.needs("multicast_routing", "veth", "bridge")]
+TIMEOUT = 10.0
 M = "239.1.2.3"
 PORT = 5999
 TOPO = "kernel_levels = [0, 1, 2]\n" + topology.DEMO_TOPOLOGY + """
@@ -59,7 +63,7 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 16)
 for i in range(n):
     s.sendto(f"{i} x".encode(), (g, port))
-    time.sleep(0.01)
+    time.sleep(0.01)  # pacing: about 100 packets/s (not a wait for anything)
 """
 
 
@@ -98,7 +102,7 @@ def test_stream_reaches_each_member_once_and_no_one_else():
         def members():
             data = request(member(st, "n1")["control_socket"], {"cmd": "show", "what": "groups"})["data"]
             return next((g["members"] for g in data if g["group"] == M), [])
-        assert ops.wait(lambda: len(members()) == 2, 5) is not None, members()
+        assert ops.wait(lambda: len(members()) == 2, TIMEOUT) is not None, members()
         h4_before = rx_multicast(st, "h4")
         sender = run_in(st, "h1", SENDER, M, PORT, 200)
         procs.append(sender)
@@ -113,11 +117,10 @@ def test_stream_reaches_each_member_once_and_no_one_else():
             assert len(seq) == len(set(seq)), f"{h} got duplicates"
             assert len(seq) >= 190, f"{h} got {len(seq)} of 200"  # the first may race the tree
         assert rx_multicast(st, "h4") - h4_before < 5  # nothing for a non-member's LAN
-        # the receivers have exited (IGMP leaves): membership is gone within about a second
-        # and the transit node prunes its copy towards n3
-        took = ops.wait(lambda: members() == [], 3)
-        assert took is not None and took < 1.5
-        assert ops.wait(lambda: entry() and "to-n3" not in entry(), 2) is not None, entry()
+        # the receivers have exited (IGMP leaves): the membership goes and the transit node
+        # prunes its copy towards n3
+        assert ops.wait(lambda: members() == [], TIMEOUT) is not None, members()
+        assert ops.wait(lambda: entry() and "to-n3" not in entry(), TIMEOUT) is not None, entry()
     finally:
         for p in procs:
             if p.poll() is None:

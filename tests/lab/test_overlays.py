@@ -20,7 +20,8 @@ import pytest
 from spines_kr.lab import netns, ops, topology
 from spines_kr.lab.cli import add_lab_parser
 
-pytestmark = pytest.mark.timeout(240)
+# overlay B routes in table 8200, behind a policy rule
+pytestmark = [pytest.mark.timeout(240), pytest.mark.needs("veth", "policy_rules")]
 
 PORT_B = 8200
 PENTAGRAM = "".join(f'[[node]]\nname = "n{i}"\n' for i in range(1, 6)) + "".join(
@@ -175,7 +176,7 @@ def test_restart_of_a_joined_node_touches_only_its_overlay(labs, capsys):
     assert ops.wait(lambda: routes_of(b) == mine and ops.converged(b), 10) is not None
     assert routes_of(a) == before["routes"]
     ns = node(a, "n3")["netns"]
-    assert ops.wait(lambda: len(ops.kernel_rules(ns, PORT_B)) == 1, 5) is not None
+    assert ops.wait(lambda: len(ops.kernel_rules(ns, PORT_B)) == 1, 10) is not None
 
 
 @pytest.mark.parametrize("case", ["port", "slot", "logical_id", "link_subnet", "node", "self"])
@@ -241,7 +242,7 @@ def test_zz_down_of_the_base_takes_a_joined_lab_down_first(labs, capsys):
     state = json.loads((Path(c["state_dir"]) / "state.json").read_text())
     # the daemon the lab started: its pid, checked against its recorded start time
     assert netns._signal(victim["pid"], node(state, "n3")["start_time"], signal.SIGKILL)
-    assert ops.wait(lambda: not node(netns.status(c_name), "n3")["alive"], 5) is not None
+    assert ops.wait(lambda: not node(netns.status(c_name), "n3")["alive"], 10) is not None
     assert len(ops.kernel_routes(victim["netns"], PORT_B + 100)) == 4
     assert run_cli("lab", "down", "--name", a["name"]) == 0
     out = capsys.readouterr().out

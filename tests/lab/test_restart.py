@@ -20,15 +20,10 @@ import pytest
 
 from spines_kr.lab import netns, ops, topology
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.needs("veth")]
 
 PROBE_S = 6.0
 RESTART_AT_S = 2.0
-
-
-def daemon_help() -> str:
-    return subprocess.run([sys.executable, "-m", "spines_kr", "daemon", "--help"],
-                          capture_output=True, text=True, env=netns.child_env()).stdout
 
 
 def lab(**kw):
@@ -49,8 +44,6 @@ def ring():
 
 @pytest.fixture(scope="module")
 def keep_ring():
-    if "--keep-routes" not in daemon_help():
-        pytest.skip("the daemon has no --keep-routes yet (spines-kr daemon --help)")
     yield from lab(keep_routes=True)
 
 

@@ -54,6 +54,7 @@ def test_notify_ready_status_watchdog_stopping(tmp_path):
         s.close()
 
 
+@pytest.mark.needs("veth")  # the lab's links
 def test_reload_changes_neighbors_without_dropping_unrelated_routes(tmp_path):
     name = f"sktest{os.urandom(3).hex()}"
     proc = None
@@ -100,6 +101,7 @@ def test_reload_changes_neighbors_without_dropping_unrelated_routes(tmp_path):
         netns.down(name)
 
 
+@pytest.mark.needs("veth")
 def test_show_topology_png_draws_the_overlay(tmp_path):
     import shutil
     if shutil.which("dot") is None:
@@ -120,6 +122,7 @@ def test_show_topology_png_draws_the_overlay(tmp_path):
         netns.down(name)
 
 
+@pytest.mark.needs("veth")
 def test_prometheus_endpoint_serves_the_status_counters(tmp_path):
     name = f"sktest{os.urandom(3).hex()}"
     proc = None

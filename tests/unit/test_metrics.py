@@ -47,11 +47,55 @@ def test_problem_flag_and_hold_down():
     assert t.update(LinkMeasure(20, 0.0), 31.5) and not t.problematic
 
 
+def state(t: CostTracker) -> tuple[int, bool, bool]:
+    """(advertised magnitude, flagged on the wire, problematic)."""
+    return t.advertised & ~m.PROBLEM_FLAG, bool(t.advertised & m.PROBLEM_FLAG), t.problematic
+
+
 def test_problem_by_latency_against_base():
+    """Problematic when one-way latency > 1.25 x base and >= base + 5 ms; normal again only
+    below max(1.15 x base, base + 3 ms); a worsening is reported at once, an improvement no
+    sooner than 30 s after the last report.  Base: 10 ms one way (RTT 20), so the +5/+3 ms
+    terms decide (1.25 x 10 = 12.5 < 15, 1.15 x 10 = 11.5 < 13)."""
     t = CostTracker("problem")
-    t.update(LinkMeasure(20), 0)  # base one-way 10 ms
-    assert not t.update(LinkMeasure(28), 1) or not t.problematic  # 14 ms: < base + 5
-    assert t.update(LinkMeasure(40), 2) and t.problematic  # 20 ms > 1.25 x 10 and >= +5
+    assert t.update(LinkMeasure(20), 0) and state(t) == (10, False, False)
+    assert t.base_ms == 10
+    # 14 ms: 1.4 x base but only +4 ms: not problematic; the cost (+40 %) is reported at once
+    assert t.update(LinkMeasure(28), 1) and state(t) == (14, False, False)
+    # 15 ms: +5 ms and 1.5 x: problematic, reported at once (1 s after the last report)
+    assert t.update(LinkMeasure(30), 2) and state(t) == (15, True, True)
+    assert m.graph_cost(t.advertised) == 15 + m.PROBLEM_PENALTY
+    # 20 ms: worse still, reported at once
+    assert t.update(LinkMeasure(40), 3) and state(t) == (20, True, True)
+    # 13 ms: below the 15 ms that made it problematic but not below max(11.5, 13): still
+    # problematic (hysteresis); a better cost, held for 30 s after the report at t=3
+    assert not t.update(LinkMeasure(26), 4) and state(t) == (20, True, True)
+    assert not t.update(LinkMeasure(26), 32.9) and state(t) == (20, True, True)
+    assert t.update(LinkMeasure(26), 33) and state(t) == (13, True, True)
+    # 12 ms: below base + 3: normal again, but only reported 30 s after the report at t=33
+    assert not t.update(LinkMeasure(24), 34) and state(t) == (13, True, True)
+    assert not t.update(LinkMeasure(24), 62.9) and state(t) == (13, True, True)
+    assert t.update(LinkMeasure(24), 63) and state(t) == (12, False, False)
+    assert t.base_ms == 10  # the lowest delay since the link came up
+
+
+def test_problem_by_latency_needs_both_ratio_and_margin():
+    """Base 40 ms one way: 1.25 x base (50 ms) decides over base + 5 (45 ms)."""
+    t = CostTracker("problem")
+    assert t.update(LinkMeasure(80), 0) and state(t) == (40, False, False)
+    # 46 ms: +6 ms but only 1.15 x: not problematic; +15 % cost, reported at once
+    assert t.update(LinkMeasure(92), 1) and state(t) == (46, False, False)
+    # 50 ms: exactly 1.25 x, not above it: not problematic; +9 % cost: not re-advertised
+    assert not t.update(LinkMeasure(100), 2) and state(t) == (46, False, False)
+    # 51 ms: above 1.25 x and +11 ms: problematic, reported at once
+    assert t.update(LinkMeasure(102), 3) and state(t) == (51, True, True)
+    # 47 ms, 30 s after that report: below the 50 ms threshold but not below
+    # max(1.15 x 40 = 46, 43), so still problematic, and only 8 % cheaper: nothing to report
+    assert not t.update(LinkMeasure(94), 33) and state(t) == (51, True, True)
+    # 45 ms: below 46, normal again: reported (the hold ended at t=33)
+    assert t.update(LinkMeasure(90), 34) and state(t) == (45, False, False)
+    # 49 ms: under the 50 ms threshold, and +9 %: neither problematic nor re-advertised
+    assert not t.update(LinkMeasure(98), 35) and state(t) == (45, False, False)
 
 
 # --- route choice in simulated time -----------------------------------------------------------
