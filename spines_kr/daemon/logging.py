@@ -1,50 +1,18 @@
-"""Structured logs: dotted event names with key=value fields (structlog).
+"""Logs of the daemon: the set-up (``spines_kr.log``: dotted event names, JSON lines or console
+lines) and a rate limit per event and key, so a flapping link cannot flood the journal.
 
-JSON lines when the output is not a terminal (journald, log shippers, lab log files), readable
-console lines on a terminal; ``log_format`` forces one.  ``-lf FILE`` appends to a file.
+Entry points: ``setup(level, fmt, log_file) -> logger``, ``RateLimiter``.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
+from spines_kr.log import LEVELS, configure
 
-import structlog
-
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-          "error": logging.ERROR}
-
-
-class _Stderr:
-    """A structlog logger writing to whatever ``sys.stderr`` is at the time of the call (a
-    test's capture, or the real one), never to a stream object that may since have closed."""
-
-    def msg(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+__all__ = ["LEVELS", "setup", "RateLimiter"]
 
 
 def setup(level: str = "info", fmt: str = "auto", log_file: str | None = None):
-    if log_file:
-        stream = open(log_file, "a", buffering=1, encoding="utf-8")
-        factory = structlog.PrintLoggerFactory(stream)
-    else:
-        stream = sys.stderr
-        factory = lambda *_args: _Stderr()  # noqa: E731
-    tty = stream.isatty()
-    console = fmt == "console" or (fmt == "auto" and tty)
-    renderer = (structlog.dev.ConsoleRenderer(colors=tty) if console
-                else structlog.processors.JSONRenderer())
-    structlog.configure(
-        processors=[structlog.processors.add_log_level,
-                    structlog.processors.TimeStamper(fmt="iso", utc=True),
-                    renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=factory,
-        cache_logger_on_first_use=False,
-    )
-    return structlog.get_logger()
+    return configure(level, fmt, log_file)
 
 
 class RateLimiter:

@@ -7,7 +7,8 @@ attribute, and then we recognise ours only by what we added in this run).  Entry
 ``remove(addr)`` and ``sync(wanted)`` (add the missing, remove ours that are not wanted: a
 restart sweeps what a crashed run left).
 
-Messages are pyroute2's ``ifaddrmsg``; addresses are few, so no fast path.
+Messages: struct ``ifaddrmsg`` as pyroute2 encodes it (its ``ifaddrmsg`` is the oracle in
+tests), so a daemon does not load pyroute2 for them.
 
 Kernel behaviour (6.18): adding an address that exists fails with EEXIST (``ip addr add
 240.1.1.1/32 dev lo`` twice -> "File exists"), removing a missing one with EADDRNOTAVAIL
@@ -20,60 +21,53 @@ from __future__ import annotations
 import errno
 import socket
 
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-
 from spines_kr import RTPROT_SPINES
-from spines_kr.netlink.kernel import (NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSGHDR,
-                                      dump_request, exchange, open_socket)
+from spines_kr.netlink.core import (NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSGHDR,
+                                    Netlink, attr, parse_attrs)
+from spines_kr.netlink.kernel import IFA_ADDRESS, IFA_LOCAL, IFADDRMSG
 
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+IFA_PROTO = 11  # u8, Linux >= 6.3
 LOOPBACK_IFINDEX = 1  # lo is ifindex 1 in every network namespace
-NLM_F_EXCL = 0x200
 
 
 def _addr(msg_type: int, seq: int, address: str, protocol: int) -> bytes:
-    msg = ifaddrmsg()
-    msg["family"] = socket.AF_INET
-    msg["prefixlen"] = 32
-    msg["index"] = LOOPBACK_IFINDEX
-    msg["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address), ("IFA_PROTO", protocol)]
-    msg["header"]["type"] = msg_type
-    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | (
-        NLM_F_CREATE | NLM_F_EXCL if msg_type == RTM_NEWADDR else 0)
-    msg["header"]["sequence_number"] = seq
-    msg.encode()
-    return bytes(msg.data)
+    """RTM_NEWADDR (create, exclusive) or RTM_DELADDR of ``address/32`` on lo, ours by
+    IFA_PROTO: attributes IFA_LOCAL, IFA_ADDRESS, IFA_PROTO."""
+    packed = socket.inet_aton(address)
+    body = (IFADDRMSG.pack(socket.AF_INET, 32, 0, 0, LOOPBACK_IFINDEX) + attr(IFA_LOCAL, packed)
+            + attr(IFA_ADDRESS, packed) + attr(IFA_PROTO, bytes([protocol])))
+    flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE | NLM_F_EXCL if msg_type == RTM_NEWADDR
+                                         else 0)
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, flags, seq, 0) + body
 
 
 class LoopbackAddresses:
     def __init__(self, protocol: int = RTPROT_SPINES, netns: str | None = None):
         self.protocol = protocol
-        self._sock = open_socket(netns)
-        self._seq = 0
+        self._nl = Netlink(netns)
         self.added: set[str] = set()
 
     def close(self) -> None:
-        self._sock.close()
-
-    def _next(self) -> int:
-        self._seq += 1
-        return self._seq
+        self._nl.close()
 
     def dump(self) -> set[str]:
         found = set(self.added)
         body = bytes([socket.AF_INET]) + bytes(7)  # struct ifaddrmsg: only the family
-        for _mtype, payload in dump_request(self._sock, self._next(), RTM_GETADDR, body):
-            msg = ifaddrmsg(NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_NEWADDR, 0, 0, 0)
-                            + payload)
-            msg.decode()
-            if msg["index"] == LOOPBACK_IFINDEX and msg.get_attr("IFA_PROTO") == self.protocol:
-                found.add(msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"))
+        for _mtype, payload in self._nl.dump(RTM_GETADDR, body):
+            if len(payload) < IFADDRMSG.size:
+                continue
+            index = IFADDRMSG.unpack_from(payload)[4]
+            attrs = parse_attrs(payload, IFADDRMSG.size)
+            address = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+            if (index == LOOPBACK_IFINDEX and attrs.get(IFA_PROTO, b"")[:1] == bytes([self.protocol])
+                    and address is not None and len(address) == 4):
+                found.add(socket.inet_ntoa(address))
         return found
 
     def _write(self, msg_type: int, address: str) -> None:
-        seq = self._next()
-        code, message = exchange(self._sock, [(seq, _addr(msg_type, seq, address,
-                                                           self.protocol))])[seq]
+        seq = self._nl.next_seq()
+        code, message = self._nl.send_request(seq, _addr(msg_type, seq, address, self.protocol))
         ok = (code == 0 or (msg_type == RTM_NEWADDR and code == errno.EEXIST)
               or (msg_type == RTM_DELADDR and code == errno.EADDRNOTAVAIL))
         if not ok:

@@ -53,35 +53,29 @@ only, where no namespace can be created):
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import platform
-import shutil
 import socket
 import struct
 from dataclasses import dataclass, field
 
 from spines_kr.netlink import emulation, nexthop
-from spines_kr.netlink.kernel import (
-    IFINFOMSG, NETLINK_EXT_ACK, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
-    NLMSGHDR, RTM_NEWLINK, SOL_NETLINK, _attr, decode_ack, dump_request, iter_messages,
-    open_socket)
-from spines_kr.netlink.nsenter import socket_in_netns
+from spines_kr.netlink.core import (
+    NETLINK_GENERIC, NETLINK_NETFILTER, NLA_F_NESTED, NLM_F_CREATE, NLM_F_EXCL, Netlink, attr as _attr)
+from spines_kr.netlink.kernel import IFINFOMSG, RTM_NEWLINK
+from spines_kr.netlink.nsenter import socket_in_netns, which
 
 # linux/rtnetlink.h, linux/fib_rules.h, linux/mroute.h, linux/if_link.h, linux/netfilter
 RTM_GETRULE = 34
 FIB_RULE_HDR = struct.Struct("=BBBBBBBBI")
 RTNL_FAMILY_IPMR = 128
 MRT_VERSION = 206
-NLM_F_EXCL = 0x200
-NLA_F_NESTED = 0x8000
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_LINKINFO = 1, 3, 18
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_GRE_IFLAGS = 2
 IFLA_IPTUN_PROTO = 9
 GRE_VERSION = 0x0007  # network order on the wire
-NETLINK_NETFILTER, NETLINK_GENERIC = 12, 16
 NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN = 10, 16
 GENL_ID_CTRL, CTRL_CMD_GETFAMILY, CTRL_ATTR_FAMILY_NAME = 16, 3, 2
 TIMEOUT = 5.0
@@ -216,24 +210,21 @@ def probe(netns: str | None = None, refresh: bool = False) -> Capabilities:
         present[key], detail[key] = result
 
     try:
-        sock = open_socket(netns)
+        nl = Netlink(netns, timeout=TIMEOUT)
     except OSError as e:
-        sock = None
+        nl = None
         why = f"no netlink socket: {e.strerror or e}"
         for key in ("multicast_tables", "policy_rules", "nexthop_objects", *_KIND_PROBES):
             note(key, (None, why))
-    if sock is not None:
-        with sock:
-            sock.settimeout(TIMEOUT)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
-            note("multicast_tables", _rules(sock, RTNL_FAMILY_IPMR))
-            note("policy_rules", _rules(sock, socket.AF_INET))
-            note("nexthop_objects", _nexthops(sock))
+    if nl is not None:
+        with nl:
+            note("multicast_tables", _rules(nl, RTNL_FAMILY_IPMR))
+            note("policy_rules", _rules(nl, socket.AF_INET))
+            note("nexthop_objects", _nexthops(nl))
             for kind, (top, data) in _KIND_PROBES.items():
                 unloaded = _unloaded_module(kind)
                 note(kind, (True, f"loadable module {unloaded}, not loaded") if unloaded
-                     else _link_kind(sock, kind, top, data))
+                     else _link_kind(nl, kind, top, data))
     note("multicast_routing", _mroute(netns))
     if present["multicast_routing"] is False:
         note("multicast_tables", (False, "no multicast routing at all"))
@@ -262,10 +253,10 @@ def _why(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def _rules(sock: socket.socket, family: int) -> tuple[bool | None, str]:
+def _rules(nl: Netlink, family: int) -> tuple[bool | None, str]:
     body = FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
     try:
-        for _ in dump_request(sock, 1, RTM_GETRULE, body):
+        for _ in nl.dump(RTM_GETRULE, body):
             pass
     except OSError as e:
         if e.errno == errno.EAFNOSUPPORT:
@@ -274,24 +265,21 @@ def _rules(sock: socket.socket, family: int) -> tuple[bool | None, str]:
     return True, ""
 
 
-def _nexthops(sock: socket.socket) -> tuple[bool | None, str]:
+def _nexthops(nl: Netlink) -> tuple[bool | None, str]:
     try:
-        return nexthop.probe(sock, 2), ""
+        return nexthop.probe(nl.sock, nl.next_seq()), ""
     except OSError as e:
         return None, f"nexthop dump: {_why(e)}"
 
 
-def _link_kind(sock: socket.socket, kind: str, top: bytes, data: bytes) -> tuple[bool | None, str]:
+def _link_kind(nl: Netlink, kind: str, top: bytes, data: bytes) -> tuple[bool | None, str]:
     linkinfo = _attr(IFLA_INFO_KIND, kind.encode() + b"\0")
     if data:
         linkinfo += _attr(IFLA_INFO_DATA | NLA_F_NESTED, data)
     body = (IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, b"lo\0") + top
             + _attr(IFLA_LINKINFO | NLA_F_NESTED, linkinfo))
-    seq = 100 + list(_KIND_PROBES).index(kind)
-    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
     try:
-        code, message = _ask(sock, seq, NLMSGHDR.pack(NLMSGHDR.size + len(body), RTM_NEWLINK,
-                                                        flags, seq, 0) + body)
+        code, text = nl.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
     except OSError as e:
         return None, f"link probe: {_why(e)}"
     if code in (errno.EINVAL, errno.ERANGE, errno.EADDRNOTAVAIL):
@@ -300,7 +288,7 @@ def _link_kind(sock: socket.socket, kind: str, top: bytes, data: bytes) -> tuple
         return False, ""
     if code == errno.EPERM:
         return None, "not permitted: needs CAP_NET_ADMIN"
-    return None, f"link probe answered {message or 'success'}"
+    return None, f"link probe answered {text or 'success'}"
 
 
 # Kinds whose module makes devices when it loads: a probe must not load it.
@@ -323,15 +311,6 @@ def _unloaded_module(kind: str) -> str | None:
     except OSError:
         pass
     return None
-
-
-def _ask(sock: socket.socket, seq: int, request: bytes) -> tuple[int, str]:
-    """Send one request; (errno, message) of its ack."""
-    sock.send(request)
-    while True:
-        for mtype, flags, mseq, payload in iter_messages(sock.recv(1 << 16)):
-            if mseq == seq and mtype in (NLMSG_ERROR, NLMSG_DONE):
-                return decode_ack(mtype, flags, payload)
 
 
 def _mroute(netns: str | None) -> tuple[bool | None, str]:
@@ -360,21 +339,17 @@ def _sysctl_exists(name: str) -> tuple[bool | None, str]:
 
 
 def _nftables(netns: str | None) -> tuple[bool | None, str]:
-    nft = shutil.which("nft")
+    nft = which("nft")
     try:
-        s = socket_in_netns(netns, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        nl = Netlink(netns, NETLINK_NETFILTER, timeout=TIMEOUT)
     except OSError as e:
         if e.errno == errno.EPROTONOSUPPORT:
             return False, "kernel without netfilter netlink (CONFIG_NETFILTER_NETLINK)"
         return None, f"netfilter netlink: {e.strerror or e}"
-    with s:
-        s.settimeout(TIMEOUT)
+    with nl:
         body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)  # nfgenmsg: family, version, res_id
-        mtype = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN
         try:
-            s.bind((0, 0))
-            code, message = _ask(s, 1, NLMSGHDR.pack(NLMSGHDR.size + len(body), mtype,
-                                                     NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body)
+            code, _text = nl.request(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN, 0, body)
         except OSError as e:
             return None, f"nf_tables: {_why(e)}"
     if code == errno.EPERM:
@@ -403,7 +378,7 @@ def _wireguard(netns: str | None, tun: bool | None) -> tuple[bool | None, str]:
     kernel = _genl_family(netns, "wireguard")
     if kernel[0]:
         return True, "kernel module"
-    go = shutil.which("wireguard-go")
+    go = which("wireguard-go")
     if go and tun:
         return True, f"wireguard-go ({go})"
     if kernel[0] is None:
@@ -414,30 +389,19 @@ def _wireguard(netns: str | None, tun: bool | None) -> tuple[bool | None, str]:
 
 def _genl_family(netns: str | None, name: str) -> tuple[bool | None, str]:
     try:
-        s = socket_in_netns(netns, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        nl = Netlink(netns, NETLINK_GENERIC, timeout=TIMEOUT)
     except OSError as e:
         return None, f"generic netlink: {e.strerror or e}"
-    with s:
-        s.settimeout(TIMEOUT)
+    with nl:
         body = struct.pack("=BBH", CTRL_CMD_GETFAMILY, 1, 0) + _attr(CTRL_ATTR_FAMILY_NAME,
                                                                       name.encode() + b"\0")
         try:
-            s.bind((0, 0))
-            s.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), GENL_ID_CTRL,
-                                 NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body)
-            while True:
-                for mtype, flags, seq, payload in iter_messages(s.recv(1 << 16)):
-                    if seq != 1:
-                        continue
-                    if mtype == GENL_ID_CTRL:
-                        return True, ""
-                    if mtype == NLMSG_ERROR:
-                        code, message = decode_ack(mtype, flags, payload)
-                        if code == 0:  # the ack, after the family (not seen): none
-                            return False, ""
-                        return (False, "") if code == errno.ENOENT else (None, message)
+            answers = nl.get(GENL_ID_CTRL, body)
         except OSError as e:
+            if e.errno == errno.ENOENT:
+                return False, ""
             return None, f"generic netlink: {e.strerror or e}"
+    return any(mtype == GENL_ID_CTRL for mtype, _payload in answers), ""
 
 
 def _ipv6(netns: str | None) -> tuple[bool | None, str]:

@@ -51,7 +51,7 @@ the device's chain is flushed and refilled in the same nft transaction.  Asking 
 (all None or 0) removes our qdisc and chain of that device, and the table once it is empty.
 
 Codec: requests are pyroute2's ``tcmsg`` with its tbf/netem option encoders (rate tables,
-psched ticks), sent on our own socket (``kernel.open_socket``) as in kernel.py.  Not
+psched ticks), sent on our own socket (``netlink.core.Netlink``).  Not
 ``IPRoute().tc()``: in 0.9.7 the synchronous IPRoute runs its own asyncio loop and fails inside
 the daemon's ("This event loop is already running"), and it opens namespace sockets through a
 forked helper with O_CREAT.
@@ -73,48 +73,25 @@ Capability detection (``probe``), without side effects, in the daemon's own name
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import errno
 import json
 import os
 import re
-import shutil
 import socket
 import struct
-import subprocess
 from dataclasses import dataclass, field
 
-import structlog
-from pyroute2.netlink.rtnl.tcmsg import sched_netem, sched_tbf, tcmsg
+from spines_kr.log import get_logger
+from spines_kr.netlink.core import (NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLMSGHDR, Netlink,
+                                    parse_attrs)
+from spines_kr.netlink.kernel import IFINFOMSG, RTM_GETLINK, RTM_NEWLINK
+from spines_kr.netlink import messages  # pyroute2's tc codecs, loaded at the first setlink
+from spines_kr.netlink.nsenter import NETNS_RUN_DIR, setns, which
 
-from spines_kr.netlink.kernel import (
-    IFINFOMSG,
-    NETLINK_CAP_ACK,
-    NETLINK_EXT_ACK,
-    NLM_F_ACK,
-    NLM_F_CREATE,
-    NLM_F_DUMP,
-    NLM_F_REPLACE,
-    NLM_F_REQUEST,
-    NLMSG_DONE,
-    NLMSG_ERROR,
-    NLMSGHDR,
-    RTM_GETLINK,
-    RTM_NEWLINK,
-    SOL_NETLINK,
-    decode_ack,
-    iter_messages,
-    open_socket,
-    parse_attrs,
-)
-from spines_kr.netlink.nsenter import CLONE_NEWNET, NETNS_RUN_DIR
-
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 # linux/rtnetlink.h, linux/pkt_sched.h, linux/if_link.h
 RTM_NEWQDISC, RTM_DELQDISC, RTM_GETQDISC = 36, 37, 38
-NLM_F_EXCL = 0x200
 TC_H_ROOT = 0xFFFFFFFF
 TCA_KIND, TCA_OPTIONS = 1, 2
 IFLA_MTU = 4
@@ -180,15 +157,10 @@ class _Tc:
     """One NETLINK_ROUTE socket for qdisc requests, one at a time."""
 
     def __init__(self, netns: str | None) -> None:
-        self._seq = 0
-        self._sock = open_socket(netns)
-        for option in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
-            with contextlib.suppress(OSError):
-                self._sock.setsockopt(SOL_NETLINK, option, 1)
-        self._sock.settimeout(ACK_TIMEOUT)
+        self._nl = Netlink(netns, timeout=ACK_TIMEOUT)
 
     def close(self) -> None:
-        self._sock.close()
+        self._nl.close()
 
     def __enter__(self) -> _Tc:
         return self
@@ -196,39 +168,18 @@ class _Tc:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _send(self, mtype: int, flags: int, body: bytes) -> int:
-        self._seq = self._seq % 0xFFFFFFFF + 1
-        self._sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), mtype, flags, self._seq, 0) + body)
-        return self._seq
-
-    def _answers(self, seq: int):
-        """Yield (type, flags, payload) of the answers to ``seq`` up to its ack or NLMSG_DONE."""
-        while True:
-            for mtype, flags, mseq, payload in iter_messages(self._sock.recv(1 << 16)):
-                if mseq != seq:
-                    continue
-                yield mtype, flags, payload
-                if mtype in (NLMSG_ERROR, NLMSG_DONE):
-                    return
-
     def request(self, mtype: int, flags: int, body: bytes) -> tuple[int, str]:
         """(errno, message) of one acknowledged request; errno 0 is success."""
-        seq = self._send(mtype, flags | NLM_F_REQUEST | NLM_F_ACK, body)
-        for atype, aflags, payload in self._answers(seq):
-            if atype == NLMSG_ERROR:
-                return decode_ack(atype, aflags, payload)
-        return 0, ""
+        return self._nl.request(mtype, flags, body)
 
     def root_qdiscs(self) -> dict[int, tuple[str, int]]:
         """ifindex -> (kind, handle) of every root qdisc in the namespace."""
-        seq = self._send(RTM_GETQDISC, NLM_F_REQUEST | NLM_F_DUMP, TCMSG.pack(0, 0, 0, 0, 0))
         roots = {}
-        for mtype, flags, payload in self._answers(seq):
-            if mtype in (NLMSG_ERROR, NLMSG_DONE):
-                code, message = decode_ack(mtype, flags, payload)
-                if code:
-                    raise OSError(code, f"qdisc dump: {message}")
-                break
+        try:
+            answers = list(self._nl.dump(RTM_GETQDISC, TCMSG.pack(0, 0, 0, 0, 0)))
+        except OSError as e:
+            raise OSError(e.errno, f"qdisc dump: {e.strerror}") from None
+        for _mtype, payload in answers:
             if len(payload) < TCMSG.size:
                 continue
             _family, ifindex, handle, parent, _info = TCMSG.unpack_from(payload)
@@ -238,14 +189,14 @@ class _Tc:
         return roots
 
     def mtu(self, ifindex: int) -> int | None:
-        seq = self._send(RTM_GETLINK, NLM_F_REQUEST, IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex,
-                                                                  0, 0))
-        for mtype, _flags, payload in self._answers(seq):
+        try:
+            answers = self._nl.get(RTM_GETLINK, IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0))
+        except OSError:
+            return None
+        for mtype, payload in answers:
             if mtype == RTM_NEWLINK and len(payload) >= IFINFOMSG.size:
                 value = parse_attrs(payload, IFINFOMSG.size).get(IFLA_MTU)
                 return struct.unpack("=I", value)[0] if value and len(value) == 4 else None
-            if mtype == NLMSG_ERROR:
-                return None
         return None
 
     def probe_kind(self, kind: str) -> tuple[bool | None, str]:
@@ -265,7 +216,7 @@ class _Tc:
         return None, f"probe of {kind}: {message}"
 
     def replace_root(self, ifindex: int, handle: int, kind: str, options: dict) -> tuple[int, str]:
-        msg = tcmsg()
+        msg = messages.tcmsg()
         msg["family"] = socket.AF_UNSPEC
         msg["index"] = ifindex
         msg["handle"] = handle
@@ -289,7 +240,7 @@ def _nlattr(atype: int, value: bytes) -> bytes:
 def _tbf_options(rate_bytes: int, mtu: int | None) -> dict:
     frame = (mtu or 1500) + 14
     bucket = max(int(rate_bytes * TBF_BUCKET_S), 2 * frame)
-    return sched_tbf.get_parameters({"rate": rate_bytes, "burst": bucket,
+    return messages.sched_tbf.get_parameters({"rate": rate_bytes, "burst": bucket,
                                      "limit": int(rate_bytes * TBF_QUEUE_S) + bucket})
 
 
@@ -300,7 +251,7 @@ def _netem_options(rate_bytes: int | None, latency_ms: float, loss_pct: float,
         params["loss_corr"] = burst_pct
     if rate_bytes:
         params["rate"] = rate_bytes
-    return sched_netem.get_parameters(params)
+    return messages.sched_netem.get_parameters(params)
 
 
 # --- capabilities -----------------------------------------------------------------------------
@@ -325,12 +276,11 @@ def probe(netns: str | None = None, refresh: bool = False) -> Capabilities:
                  detail=result[2])
     else:
         result = _kinds_cache[netns]
-    return Capabilities(result[0], result[1], shutil.which("nft") is not None, result[2])
+    return Capabilities(result[0], result[1], which("nft") is not None, result[2])
 
 
 # --- nftables ---------------------------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class _NftError(Exception):
@@ -339,7 +289,7 @@ class _NftError(Exception):
 
 def _nft(args: list[str], netns: str | None, script: str | None = None) -> str:
     """Run ``nft args`` (in ``netns``), feeding ``script``; stdout, or _NftError with why."""
-    exe = shutil.which("nft")
+    exe = which("nft")
     if exe is None:
         raise _NftError("nft missing")
     fd = None
@@ -351,8 +301,11 @@ def _nft(args: list[str], netns: str | None, script: str | None = None) -> str:
             raise _NftError(f"network namespace {netns!r}: {e.strerror}") from None
 
         def preexec() -> None:  # in the child, before exec: only that process moves
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
+            err = setns(fd)
+            if err:
+                raise OSError(err, "setns")
+    import subprocess  # only when setlink asks nftables for something
+
     try:
         proc = subprocess.run([exe, *args], input=script, capture_output=True, text=True,
                               timeout=NFT_TIMEOUT, preexec_fn=preexec,
@@ -584,7 +537,7 @@ def clear_all(instance: int, netns: str | None = None) -> list[str]:
                                 else f"{kind} on ifindex {ifindex}")
     except OSError as e:
         done.append(f"failed: netlink: {e}")
-    if shutil.which("nft") is not None:
+    if which("nft") is not None:
         try:
             if _our_chains(instance, netns) is not None:
                 _nft(["delete", "table", "inet", table_name(instance)], netns)

@@ -26,15 +26,13 @@ import socket
 import struct
 from dataclasses import dataclass
 
-import structlog
-from pyroute2.netlink.exceptions import NetlinkDecodeError
-
+from spines_kr.log import get_logger
+from spines_kr.netlink.core import Netlink
 from spines_kr.netlink.kernel import (
-    RECV_SIZE, RTM_DELADDR, RTM_DELLINK, RTM_DELROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE,
-    RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, decode_addr, decode_link, decode_rtmsg,
-    iter_messages, open_socket)
+    RTM_DELADDR, RTM_DELLINK, RTM_DELROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE,
+    RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, decode_addr, decode_link, decode_rtmsg)
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
 
@@ -70,8 +68,7 @@ class Overflow:
 Event = LinkEvent | AddrEvent | RouteEvent | Overflow
 
 
-MALFORMED = (struct.error, ValueError, KeyError, IndexError, OverflowError, TypeError,
-             NetlinkDecodeError)  # pyroute2's decoders raise NetlinkNLADecodeError or KeyError
+MALFORMED = (struct.error, ValueError, KeyError, IndexError, OverflowError, TypeError)
 
 
 def decode_event(mtype: int, payload: bytes) -> Event | None:
@@ -102,14 +99,13 @@ def _decode_event(mtype: int, payload: bytes) -> Event | None:
 
 class KernelWatch:
     def __init__(self, netns: str | None = None) -> None:
-        self._sock = open_socket(netns, GROUPS)
-        self._sock.setblocking(False)
+        self._nl = Netlink(netns, groups=GROUPS)
 
     def fileno(self) -> int:
-        return self._sock.fileno()
+        return self._nl.fileno()
 
     def close(self) -> None:
-        self._sock.close()
+        self._nl.close()
 
     def __enter__(self) -> KernelWatch:
         return self
@@ -123,15 +119,15 @@ class KernelWatch:
         overflow = False
         while True:
             try:
-                data = self._sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                break
+                messages = self._nl.read()
             except OSError as e:
                 if e.errno != errno.ENOBUFS:
                     raise
                 overflow = True
                 continue
-            for mtype, _flags, _seq, payload in iter_messages(data):
+            if messages is None:
+                break
+            for mtype, _flags, _seq, payload in messages:
                 event = decode_event(mtype, payload)
                 if event is not None:
                     events.append(event)

@@ -8,17 +8,19 @@ Data model:
         ``local_addresses()`` the IPv4 (ifindex, address, prefixlen) triples.
     Route, NextHop, RouteSet  (spines_kr.routing.model) the values read and written.
 
-Codec: messages are pyroute2's (``rtmsg``, ``ifinfmsg``, ``ifaddrmsg``), with fast paths where
-pyroute2's generic codec is too slow for a big table (0.9.7: ~140 µs to encode a route, ~27 µs
-to decode one):
-  * ``encode_route`` has pyroute2 encode one template per route *shape* (message type, number of
-    next hops, prefsrc or not, table, protocol, priority), cuts it at the per-route fields
-    (flags, sequence number, prefix length, destination, prefsrc, gateways, ifindexes, weights)
-    and builds each request with one ``struct`` pack of the constant runs and those fields
-    (~0.5 µs a route; addresses through inet_pton, gateways cached), byte for byte pyroute2's;
-  * route dumps and route events are read by a small struct decoder (``decode_rtmsg``), with
-    the kernel's constant names, and ``dump()`` reads the common one-gateway layout with one
-    unpack (``_ONE_HOP``); links and addresses, which are few, go through pyroute2.
+Codec: struct codecs with the kernel's constant names, byte for byte what pyroute2's ``rtmsg``,
+``ifinfmsg`` and ``ifaddrmsg`` encode and decode (tests/unit/test_netlink_codec.py and the fuzz
+targets hold pyroute2 as the oracle).  pyroute2 itself is not loaded for them: its generic codec
+is slow for a big table (0.9.7: ~140 µs to encode a route, ~27 µs to decode one) and importing
+it costs a small router about 3 MB.
+  * ``encode_route`` builds one template per route *shape* (message type, number of next hops,
+    prefsrc or not, table, protocol, priority: ``route_template``), cuts it at the per-route
+    fields (flags, sequence number, prefix length, destination, prefsrc, gateways, ifindexes,
+    weights) and builds each request with one ``struct`` pack of the constant runs and those
+    fields (~0.5 µs a route; addresses through inet_pton, gateways cached);
+  * route dumps and route events are read by a small struct decoder (``decode_rtmsg``), and
+    ``dump()`` reads the common one-gateway layout with one unpack (``_ONE_HOP``); links and
+    addresses by ``decode_link`` and ``decode_addr``.
 The socket is ours (not pyroute2's IPRoute) because batching many requests per send and reading
 the answers in bulk, by sequence number, is the point of this module.
 
@@ -55,7 +57,6 @@ Kernel behaviour followed (checked on 6.18):
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import os
@@ -65,36 +66,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import structlog
-from pyroute2.netlink.exceptions import NetlinkDecodeError
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
-
 from spines_kr import RTPROT_SPINES
-from spines_kr.netlink.nsenter import socket_in_netns
+from spines_kr.log import get_logger
+from spines_kr.netlink.core import (  # noqa: F401 - the framing, re-exported for callers
+    BATCH, I32, NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK, NLA_TYPE_MASK, NLATTR,
+    NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE,
+    NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSGERR_ATTR_MSG, NLMSGHDR, RCVBUF, RECV_SIZE,
+    SO_RCVBUFFORCE, SOL_NETLINK, U16, U32, Netlink, align as _align, attr as _attr, decode_ack,
+    dump_request, iter_messages, open_socket, parse_attrs)
 from spines_kr.netlink.reconcile import RouteError
 from spines_kr.routing.model import NextHop, Route, RouteSet
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
-# linux/netlink.h
 NETLINK_ROUTE = 0
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10
-NETLINK_EXT_ACK = 11
-NETLINK_GET_STRICT_CHK = 12
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_DUMP = 0x300
-NLM_F_REPLACE = 0x100
-NLM_F_CREATE = 0x400
-NLM_F_CAPPED = 0x100  # in acks
-NLM_F_ACK_TLVS = 0x200  # in acks
-NLMSGERR_ATTR_MSG = 1
-NLA_TYPE_MASK = 0x3FFF
 # linux/rtnetlink.h
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
@@ -111,27 +96,18 @@ IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
 UP = IFF_UP | IFF_LOWER_UP
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 
-SO_RCVBUFFORCE = 33
-RCVBUF = 4 << 20
-RECV_SIZE = 1 << 16  # a dump datagram is at most 32 KiB (netlink_dump), an event far less
-BATCH = 200  # requests per datagram with one ack each (nexthop objects): ~200 KiB of acks
 # Route writes (RouteTable.apply): only failures and the last request are answered, so a datagram
 # can hold more; ROUTE_BATCH and ROUTE_BATCH_BYTES were picked with bench/route_install.py.
 ROUTE_BATCH = 1000
 ROUTE_BATCH_BYTES = 1 << 17  # 1000 one-hop routes are 68 KB; at most half the send buffer
 ACK_ROOM = 2048  # receive buffer an answer takes: ~830 B on 6.18 (skb truesize), with margin
-ACK_TIMEOUT = 30.0  # acks are queued before send() returns; waiting longer means they were lost
+ACK_TIMEOUT = 2.0  # acks are queued before send() returns; waiting longer means they were lost
 
-NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 RTMSG = struct.Struct("=BBBBBBBBI")
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 RTNEXTHOP = struct.Struct("=HBBi")  # len, flags, hops (weight - 1), ifindex
-NLATTR = struct.Struct("=HH")  # len, type
-U16 = struct.Struct("=H")
-U32 = struct.Struct("=I")
-I32 = struct.Struct("=i")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,39 +118,6 @@ class LinkState:
 
 
 # --- codec ------------------------------------------------------------------------------------
-
-
-def _align(n: int) -> int:
-    return (n + 3) & ~3
-
-
-def iter_messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
-    """Yield (type, flags, seq, payload) per message; stop at a malformed length."""
-    offset, end, unpack = 0, len(data), NLMSGHDR.unpack_from
-    while offset + 16 <= end:  # NLMSGHDR.size
-        length, mtype, flags, seq, _pid = unpack(data, offset)
-        if length < 16 or offset + length > end:
-            return
-        yield mtype, flags, seq, data[offset + 16 : offset + length]
-        offset += (length + 3) & ~3
-
-
-def parse_attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
-    """Attributes by type (the last of a repeated type wins); stop at a malformed length."""
-    attrs = {}
-    end, unpack = len(data), NLATTR.unpack_from
-    while offset + 4 <= end:  # NLATTR.size
-        length, atype = unpack(data, offset)
-        if length < 4 or offset + length > end:
-            break
-        attrs[atype & NLA_TYPE_MASK] = data[offset + 4 : offset + length]
-        offset += (length + 3) & ~3
-    return attrs
-
-
-def _attr(atype: int, value: bytes) -> bytes:
-    length = NLATTR.size + len(value)
-    return NLATTR.pack(length, atype) + value + b"\0" * (_align(length) - length)
 
 
 def _u32(value: bytes) -> int:
@@ -206,8 +149,7 @@ def decode_rtmsg(payload: bytes) -> RtMsg:
     return RtMsg(family, f"{dst}/{dst_len}", table, protocol, rtype, attrs)
 
 
-MALFORMED = (struct.error, ValueError, KeyError, IndexError, OverflowError, TypeError,
-             NetlinkDecodeError)
+MALFORMED = (struct.error, ValueError, KeyError, IndexError, OverflowError, TypeError)
 
 
 def pyroute2_decode(msg):
@@ -237,24 +179,27 @@ def _with_header(mtype: int, payload: bytes) -> bytes:
 
 
 def decode_link(payload: bytes, mtype: int = RTM_NEWLINK) -> LinkState:
-    msg = pyroute2_decode(ifinfmsg(_with_header(mtype, payload)))
-    flags = msg["flags"]
-    name = msg.get_attr("IFLA_IFNAME") or ""
-    if isinstance(name, bytes):  # pyroute2 0.9.7 hands back bytes it cannot decode as text
-        name = name.split(b"\0")[0].decode(errors="replace")
-    return LinkState(msg["index"], name, (flags & UP) == UP)
+    """The link of an RTM_NEWLINK/RTM_DELLINK payload; ValueError when it is malformed."""
+    if len(payload) < IFINFOMSG.size:
+        raise ValueError("malformed netlink message: ifinfomsg too short")
+    _family, _type, index, flags, _change = IFINFOMSG.unpack_from(payload)
+    name = parse_attrs(payload, IFINFOMSG.size).get(IFLA_IFNAME, b"")
+    return LinkState(index, name.split(b"\0")[0].decode(errors="replace"), (flags & UP) == UP)
 
 
 def decode_addr(payload: bytes, mtype: int = RTM_NEWADDR) -> tuple[int, int, str, int] | None:
     """(family, ifindex, local address, prefixlen), or None without an IPv4 address."""
-    msg = pyroute2_decode(ifaddrmsg(_with_header(mtype, payload)))
+    if len(payload) < IFADDRMSG.size:
+        raise ValueError("malformed netlink message: ifaddrmsg too short")
+    family, prefixlen, _flags, _scope, index = IFADDRMSG.unpack_from(payload)
+    attrs = parse_attrs(payload, IFADDRMSG.size)
     # IFA_LOCAL is the local address; IFA_ADDRESS is the peer on point-to-point links.
-    address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-    if msg["family"] != socket.AF_INET or not address:
+    address = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+    if family != socket.AF_INET or not address:
         return None
-    if not isinstance(address, str):  # pyroute2 returns raw bytes for a wrongly sized attribute
+    if len(address) != 4:
         raise ValueError(f"malformed IFA_LOCAL/IFA_ADDRESS {address!r}")
-    return msg["family"], msg["index"], address, msg["prefixlen"]
+    return family, index, _ip(address), prefixlen
 
 
 def _route(msg: RtMsg) -> Route | None:
@@ -340,36 +285,40 @@ class _Shape(NamedTuple):
     prefsrc: bool
 
 
+def route_template(msg_type: int, n_hops: int, prefsrc: bool, table: int, protocol: int,
+                   priority: int, nh_id: bool = False) -> tuple[bytes, int]:
+    """(request, nlmsg_flags) of one shape with zeros for the per-route fields, laid out as
+    pyroute2's rtmsg encodes it: rtmsg, RTA_DST, RTA_TABLE, RTA_PRIORITY, [RTA_PREFSRC], then
+    RTA_GATEWAY and RTA_OIF (one hop), RTA_MULTIPATH (several) or RTA_NH_ID (``nh_id``).  A
+    delete names dst, table and priority only, with scope "nowhere" (any scope, as iproute2)."""
+    new = msg_type == RTM_NEWROUTE
+    attrs = _attr(RTA_DST, bytes(4)) + _attr(RTA_TABLE, U32.pack(table)) + _attr(
+        RTA_PRIORITY, U32.pack(priority))
+    if new:
+        if prefsrc:
+            attrs += _attr(RTA_PREFSRC, bytes(4))
+        if nh_id:
+            attrs += _attr(RTA_NH_ID, U32.pack(0))
+        elif n_hops > 1:
+            hop = RTNEXTHOP.pack(RTNEXTHOP.size + 8, 0, 0, 0) + _attr(RTA_GATEWAY, bytes(4))
+            attrs += _attr(RTA_MULTIPATH, hop * n_hops)
+        elif n_hops:
+            attrs += _attr(RTA_GATEWAY, bytes(4)) + _attr(RTA_OIF, U32.pack(0))
+        flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+    else:
+        flags = NLM_F_REQUEST | NLM_F_ACK
+    body = RTMSG.pack(socket.AF_INET, 32, 0, 0, _header_table(table), protocol,
+                      RT_SCOPE_UNIVERSE if new else RT_SCOPE_NOWHERE, RTN_UNICAST, 0) + attrs
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, flags, 0, 0) + body, flags
+
+
 @functools.lru_cache(maxsize=64)
 def _shape(msg_type: int, n_hops: int, prefsrc: bool, table: int, protocol: int,
            priority: int) -> _Shape:
-    """pyroute2 encodes one request of this shape; we note where the per-route values go."""
-    msg = rtmsg()
-    msg["family"] = socket.AF_INET
-    msg["dst_len"] = 32
-    msg["table"] = _header_table(table)
-    msg["proto"] = protocol
-    msg["type"] = RTN_UNICAST
-    attrs = [("RTA_DST", "0.0.0.0"), ("RTA_TABLE", table), ("RTA_PRIORITY", priority)]
-    if msg_type == RTM_NEWROUTE:
-        msg["scope"] = RT_SCOPE_UNIVERSE
-        flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
-        if prefsrc:
-            attrs.append(("RTA_PREFSRC", "0.0.0.0"))
-        if n_hops > 1:
-            attrs.append(("RTA_MULTIPATH", [{"oif": 0, "hops": 0, "attrs": [("RTA_GATEWAY", "0.0.0.0")]}
-                                            for _ in range(n_hops)]))
-        elif n_hops:
-            attrs += [("RTA_GATEWAY", "0.0.0.0"), ("RTA_OIF", 0)]
-    else:
-        msg["scope"] = RT_SCOPE_NOWHERE  # matches any scope, as iproute2's "ip route del"
-        flags = NLM_F_REQUEST | NLM_F_ACK
+    """The template of this shape, and where the per-route values go."""
+    if msg_type != RTM_NEWROUTE:
         n_hops, prefsrc = 0, False
-    msg["attrs"] = attrs
-    msg["header"]["type"] = msg_type
-    msg["header"]["flags"] = flags
-    msg.encode()
-    data = bytes(msg.data)
+    data, flags = route_template(msg_type, n_hops, prefsrc, table, protocol, priority)
     found: dict[int, int] = {}
     off = NLMSGHDR.size + RTMSG.size
     while off + NLATTR.size <= len(data):  # walk the attributes for the value offsets
@@ -495,74 +444,6 @@ def encode_route(msg_type: int, seq: int, route: Route, table: int, protocol: in
     return encoder.delete(seq, route)
 
 
-def decode_ack(mtype: int, flags: int, payload: bytes) -> tuple[int, str]:
-    """(errno, message) of an NLMSG_ERROR or NLMSG_DONE payload; errno 0 means success."""
-    code = -I32.unpack_from(payload)[0]
-    if not code:
-        return 0, ""
-    if not 0 < code < 4096:  # not an errno (-INT_MIN, or a positive "error"): malformed
-        raise ValueError(f"netlink ack carries error {-code}, not a negative errno")
-    # NLMSG_ERROR: error, the request's header (NLM_F_CAPPED) or whole request, then TLVs.
-    # NLMSG_DONE: error, then TLVs.
-    tlvs = I32.size
-    if mtype == NLMSG_ERROR:
-        tlvs += NLMSGHDR.size if flags & NLM_F_CAPPED else _align(U32.unpack_from(payload, 4)[0])
-    reason = ""
-    if flags & NLM_F_ACK_TLVS:
-        reason = _string(parse_attrs(payload, tlvs).get(NLMSGERR_ATTR_MSG, b""))
-    return code, f"{os.strerror(code)}: {reason}" if reason else os.strerror(code)
-
-
-def open_socket(netns: str | None, groups: int = 0) -> socket.socket:
-    """A NETLINK_ROUTE socket in ``netns`` with a large receive buffer, bound to ``groups``."""
-    sock = socket_in_netns(netns, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-    try:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
-        except PermissionError:  # without CAP_NET_ADMIN: capped at net.core.rmem_max
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        sock.bind((0, groups))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def dump_request(sock: socket.socket, seq: int, msg_type: int, body: bytes) -> Iterator[tuple[int, bytes]]:
-    """Send one dump request; yield (type, payload) of its answers; OSError on an error."""
-    sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP,
-                            seq, 0) + body)
-    while True:
-        for mtype, flags, mseq, payload in iter_messages(sock.recv(RECV_SIZE)):
-            if mseq != seq:
-                continue  # left over from an abandoned request
-            if mtype in (NLMSG_DONE, NLMSG_ERROR):
-                code, message = decode_ack(mtype, flags, payload)
-                if code:
-                    raise OSError(code, message)
-                return
-            yield mtype, payload
-
-
-def exchange(sock: socket.socket, requests: list[tuple[int, bytes]]) -> dict[int, tuple[int, str]]:
-    """Send (seq, request) pairs BATCH to a datagram, in order; return (errno, message) per seq.
-
-    The kernel handles the requests of a datagram in order and
-    queues one ack each before send() returns; acks are matched by sequence number.
-    """
-    acks: dict[int, tuple[int, str]] = {}
-    for start in range(0, len(requests), BATCH):
-        batch = requests[start:start + BATCH]
-        pending = {seq for seq, _data in batch}
-        sock.send(b"".join(data for _seq, data in batch))
-        while pending:
-            for mtype, flags, seq, payload in iter_messages(sock.recv(RECV_SIZE)):
-                if mtype == NLMSG_ERROR and seq in pending:
-                    pending.discard(seq)
-                    acks[seq] = decode_ack(mtype, flags, payload)
-    return acks
-
-
 # --- the route table --------------------------------------------------------------------------
 
 
@@ -572,14 +453,8 @@ class RouteTable:
     def __init__(self, table: int = RT_TABLE_MAIN, protocol: int = RTPROT_SPINES,
                  priority: int = 20, netns: str | None = None) -> None:
         self.table, self.protocol, self.priority = table, protocol, priority
-        self._seq = 0
-        self._sock = open_socket(netns)
-        for option in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
-            # Kernels before 4.20 lack some of them: acks are then larger or without a reason,
-            # dumps unfiltered (we filter ourselves anyway).
-            with contextlib.suppress(OSError):
-                self._sock.setsockopt(SOL_NETLINK, option, 1)
-        self._sock.settimeout(ACK_TIMEOUT)
+        self._nl = Netlink(netns, strict=True, timeout=ACK_TIMEOUT)
+        self._sock = self._nl.sock
 
     @property
     def sock(self) -> socket.socket:
@@ -587,7 +462,7 @@ class RouteTable:
         return self._sock
 
     def close(self) -> None:
-        self._sock.close()
+        self._nl.close()
 
     def __enter__(self) -> RouteTable:
         return self
@@ -596,12 +471,11 @@ class RouteTable:
         self.close()
 
     def _next_seq(self) -> int:
-        self._seq = self._seq % 0xFFFFFFFF + 1
-        return self._seq
+        return self._nl.next_seq()
 
     def _dump(self, msg_type: int, body: bytes) -> Iterator[tuple[int, bytes]]:
         """Send one dump request; yield (type, payload) of its answers; OSError on an error."""
-        return dump_request(self._sock, self._next_seq(), msg_type, body)
+        return self._nl.dump(msg_type, body)
 
     @kernel_input
     def dump(self) -> RouteSet:
@@ -662,7 +536,7 @@ class RouteTable:
         chunks: list[bytes] = []
         pending: dict[int, tuple[str, Route]] = {}
         size = 0
-        seq = self._seq
+        seq = self._nl._seq
         try:
             for op, encode, routes in (("replace", encoder.replace, replace),
                                        ("delete", encoder.delete, delete)):
@@ -682,7 +556,7 @@ class RouteTable:
             if chunks:
                 errors += self._exchange(chunks, pending)
         finally:
-            self._seq = seq
+            self._nl._seq = seq  # one sequence counter for the socket
         return errors
 
     def _exchange(self, chunks: list[bytes], pending: dict[int, tuple[str, Route]]

@@ -115,20 +115,19 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-import structlog
-from pyroute2.netlink.rtnl.fibmsg import fibmsg
-
+from spines_kr.log import get_logger
 from spines_kr import RTPROT_SPINES
+from spines_kr.netlink.core import U32, Netlink, align as _align, attr as _attr, parse_attrs
 from spines_kr.netlink.kernel import (
-    IFADDRMSG, IFINFOMSG, NETLINK_GET_STRICT_CHK, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST,
-    NLMSGHDR, RTA_MULTIPATH, RTA_TABLE, RTM_GETADDR, RTM_GETLINK, RTM_GETROUTE, RTM_NEWADDR,
-    RTM_NEWLINK, RTM_NEWROUTE, RTMSG, RTNEXTHOP, SOL_NETLINK, U32, _align, _attr, decode_addr,
-    decode_link, dump_request, exchange, kernel_input, open_socket, parse_attrs,
+    IFADDRMSG, IFINFOMSG, RTA_MULTIPATH, RTA_TABLE, RTM_GETADDR, RTM_GETLINK, RTM_GETROUTE,
+    RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE, RTMSG, RTNEXTHOP, decode_addr, decode_link,
+    kernel_input,
 )
 from spines_kr.netlink.nsenter import socket_in_netns
-from spines_kr.netlink.rules import default_priority
+from spines_kr.netlink.rules import RTM_DELRULE, RTM_NEWRULE, default_priority, dump_rules, \
+    encode_rule, write_rule
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 # linux/mroute.h
 MRT_INIT, MRT_DONE, MRT_ADD_VIF, MRT_DEL_VIF, MRT_ADD_MFC, MRT_DEL_MFC = range(200, 206)
@@ -141,9 +140,6 @@ RTNL_FAMILY_IPMR = 128
 RT_TABLE_DEFAULT = 253
 RTA_DST, RTA_SRC, RTA_IIF, RTA_MFC_STATS = 1, 2, 3, 17
 RTNH_F_UNRESOLVED = 0x20  # rtm_flags of an entry still waiting for the router
-RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
-FR_ACT_TO_TBL = 1
-NLM_F_EXCL = 0x200
 IP_PKTINFO = 8
 MAX_TABLE = 100_000_000 - 1  # ipmr refuses ids from 10^8 on (other than 253)
 # IGMP message types (RFC 1112, 2236, 3376) and IGMPv3 group record types
@@ -164,8 +160,6 @@ IGMPMSG = struct.Struct("=IIBBBB4s4s")
 IN_PKTINFO = struct.Struct("=i4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr
 IP_MREQN = struct.Struct("=4s4si")  # imr_multiaddr, imr_address, imr_ifindex
 MFC_STATS = struct.Struct("=QQQ")  # struct rta_mfc_stats: packets, bytes, wrong_if
-# struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags
-FIB_RULE_HDR = struct.Struct("=BBBBBBBBI")
 
 RECV_SIZE = 2048  # upcalls are 28 bytes, IGMP messages a few hundred
 READ_MAX = 1000  # datagrams per read_upcalls(): a flood cannot starve the caller's loop
@@ -351,18 +345,8 @@ def decode_mfc(payload: bytes, vifi_of: dict[int, int]) -> tuple[int, MfcEntry]:
 def encode_mrule(msg_type: int, seq: int, ifname: str, table: int, priority: int,
                  protocol: int) -> bytes:
     """RTM_NEWRULE/RTM_DELRULE of family RTNL_FAMILY_IPMR: ``iif ifname lookup table``."""
-    msg = fibmsg()
-    msg["family"] = RTNL_FAMILY_IPMR
-    msg["table"] = table if table < 256 else 0
-    msg["action"] = FR_ACT_TO_TBL
-    msg["attrs"] = [("FRA_IIFNAME", ifname), ("FRA_TABLE", table), ("FRA_PRIORITY", priority),
-                    ("FRA_PROTOCOL", protocol)]
-    msg["header"]["type"] = msg_type
-    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | (
-        NLM_F_CREATE | NLM_F_EXCL if msg_type == RTM_NEWRULE else 0)
-    msg["header"]["sequence_number"] = seq
-    msg.encode()
-    return bytes(msg.data)
+    return encode_rule(msg_type, seq, table, priority, protocol, family=RTNL_FAMILY_IPMR,
+                       iifname=ifname)
 
 
 # --- the router socket ------------------------------------------------------------------------
@@ -441,8 +425,7 @@ class MulticastRouter:
         self.stats = {"upcalls": 0, "igmp": 0, "own": 0, "ignored": 0, "malformed": 0}
         self._vifs: dict[int, int] = {}  # vifi -> ifindex
         self._rules: dict[int, str] = {}  # ifindex -> ifname of our mrule
-        self._nl: socket.socket | None = None
-        self._seq = 0
+        self._nl: Netlink | None = None
         self._local: set[str] = set()
         self._local_read = float("-inf")
         self._members = _Memberships(netns)
@@ -614,7 +597,7 @@ class MulticastRouter:
         vifi_of = {ifindex: vifi for vifi, ifindex in self._vifs.items()}
         entries = {}
         try:
-            for mtype, payload in dump_request(self._netlink(), self._next_seq(), RTM_GETROUTE, request):
+            for mtype, payload in self._netlink().dump(RTM_GETROUTE, request):
                 if mtype != RTM_NEWROUTE:
                     continue
                 try:
@@ -701,24 +684,16 @@ class MulticastRouter:
     def _uses_rules(self) -> bool:
         return self.multiple_tables and self.table != RT_TABLE_DEFAULT
 
-    def _netlink(self) -> socket.socket:
+    def _netlink(self) -> Netlink:
         if self._nl is None:
-            self._nl = open_socket(self.netns)
-            with contextlib.suppress(OSError):  # before 4.20: unfiltered dumps, we filter too
-                self._nl.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+            self._nl = Netlink(self.netns, strict=True)
         return self._nl
 
-    def _next_seq(self) -> int:
-        self._seq = self._seq % 0xFFFFFFFF + 1
-        return self._seq
-
     def _write_rule(self, msg_type: int, ifname: str, priority: int | None = None) -> None:
-        seq = self._next_seq()
         priority = self.rule_priority if priority is None else priority
-        request = encode_mrule(msg_type, seq, ifname, self.table, priority, self.protocol)
-        code, message = exchange(self._netlink(), [(seq, request)])[seq]
-        if code and not ((msg_type == RTM_NEWRULE and code == errno.EEXIST)
-                         or (msg_type == RTM_DELRULE and code == errno.ENOENT)):
+        code, message = write_rule(self._netlink(), msg_type, self.table, priority, self.protocol,
+                                   family=RTNL_FAMILY_IPMR, iifname=ifname)
+        if code:
             verb = "add" if msg_type == RTM_NEWRULE else "delete"
             raise MrouteError(code, f"{verb} multicast rule iif {ifname} lookup {self.table}: "
                                     f"{message}")
@@ -734,14 +709,9 @@ class MulticastRouter:
 
     def _our_rules(self) -> Iterator[tuple[str, int]]:
         """(iifname, priority) of the multicast rules with our protocol and table."""
-        body = FIB_RULE_HDR.pack(RTNL_FAMILY_IPMR, 0, 0, 0, 0, 0, 0, 0, 0)
-        for _mtype, payload in list(dump_request(self._netlink(), self._next_seq(), RTM_GETRULE, body)):
-            msg = fibmsg(NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_NEWRULE, 0, 0, 0)
-                         + payload)
-            msg.decode()
-            if (msg.get_attr("FRA_PROTOCOL") == self.protocol
-                    and (msg.get_attr("FRA_TABLE") or msg["table"]) == self.table):
-                yield msg.get_attr("FRA_IIFNAME") or "", msg.get_attr("FRA_PRIORITY") or 0
+        for rule in dump_rules(self._netlink(), RTNL_FAMILY_IPMR):
+            if rule.protocol == self.protocol and rule.table == self.table:
+                yield rule.iifname, rule.priority
 
     def _sweep_rules(self) -> None:
         """Remove rules of ours for our table: we hold the table, so they are left by a crash."""
@@ -752,7 +722,7 @@ class MulticastRouter:
     def _ifname(self, ifindex: int) -> str:
         request = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         names = {}
-        for mtype, payload in dump_request(self._netlink(), self._next_seq(), RTM_GETLINK, request):
+        for mtype, payload in self._netlink().dump(RTM_GETLINK, request):
             if mtype == RTM_NEWLINK:
                 link = decode_link(payload)
                 names[link.ifindex] = link.name
@@ -773,7 +743,7 @@ class MulticastRouter:
 
     def _addresses(self) -> Iterable[str]:
         request = IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0)
-        for mtype, payload in dump_request(self._netlink(), self._next_seq(), RTM_GETADDR, request):
+        for mtype, payload in self._netlink().dump(RTM_GETADDR, request):
             addr = decode_addr(payload) if mtype == RTM_NEWADDR else None
             if addr is not None:
                 yield addr[2]

@@ -106,21 +106,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import structlog
-from pyroute2.netlink import nla_base_string, nlmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
-
 from spines_kr import RTPROT_SPINES
+from spines_kr.log import get_logger
+from spines_kr.netlink.core import (
+    NLA_TYPE_MASK, NLATTR, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NLMSGHDR, U16,
+    U32, Netlink, align as _align, attr as _attr, dump_request, parse_attrs)
 from spines_kr.netlink.kernel import (
-    ACK_TIMEOUT, NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK, NLATTR,
-    NLA_TYPE_MASK, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NLMSGHDR, RT_SCOPE_NOWHERE, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTA_NH_ID,
-    RTA_PREFSRC, RTA_PRIORITY, RTA_TABLE, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWROUTE, RTMSG,
-    RTN_UNICAST, SOL_NETLINK, U32, RouteTable, _align, _attr, _header_table, _ip, _route,
-    _u32, _with_header, decode_rtmsg, dump_request, exchange, kernel_input, open_socket, pyroute2_decode)
+    ACK_TIMEOUT, RT_TABLE_MAIN, RTA_NH_ID, RTA_PREFSRC,
+    RTA_PRIORITY, RTA_TABLE, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWROUTE, RTMSG, RTN_UNICAST,
+    RouteTable, _header_table, _ip, _route, _u32, decode_rtmsg, kernel_input, route_template)
 from spines_kr.netlink.reconcile import RouteError
 from spines_kr.routing.model import NextHop, Route, RouteSet
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 # linux/rtnetlink.h
 RTM_NEWNEXTHOP, RTM_DELNEXTHOP, RTM_GETNEXTHOP = 104, 105, 106
@@ -138,83 +136,96 @@ MAX_WEIGHT = 1 << 16  # weight - 1 in weight (8 bits) and weight_high (8 bits; 6
 
 # --- codec ------------------------------------------------------------------------------------
 
+@functools.cache
+def _nhmsg_class():
+    """pyroute2's declaration of the message (the codec's oracle in tests; the daemon encodes
+    and decodes with structs and never loads pyroute2 for nexthops)."""
+    from spines_kr.netlink.messages import nla_base_string, nlmsg
 
-class nhmsg(nlmsg):
-    """
-    Nexthop message (RTM_NEWNEXTHOP, RTM_DELNEXTHOP, RTM_GETNEXTHOP)
-
-    C structure::
-
-        struct nhmsg {
-            unsigned char nh_family;
-            unsigned char nh_scope;     /* return only */
-            unsigned char nh_protocol;  /* Routing protocol that installed nh */
-            unsigned char resvd;
-            unsigned int  nh_flags;     /* RTNH_F flags */
-        };
-
-    NHA_GROUP is an array of ``struct nexthop_grp``, decoded as a list of
-    ``{"id", "weight", "weight_high"}`` with the kernel's raw values (weight minus one).
-    """
-
-    __slots__ = ()
-
-    prefix = "NHA_"
-
-    fields = (
-        ("family", "B"),
-        ("scope", "B"),
-        ("protocol", "B"),
-        ("resvd", "B"),
-        ("flags", "I"),
-    )
-
-    nla_map = (
-        ("NHA_UNSPEC", "none"),
-        ("NHA_ID", "uint32"),
-        ("NHA_GROUP", "nexthop_grp"),
-        ("NHA_GROUP_TYPE", "uint16"),
-        ("NHA_BLACKHOLE", "flag"),
-        ("NHA_OIF", "uint32"),
-        ("NHA_GATEWAY", "ipaddr"),
-        ("NHA_ENCAP_TYPE", "uint16"),
-        ("NHA_ENCAP", "hex"),
-        ("NHA_GROUPS", "flag"),
-        ("NHA_MASTER", "uint32"),
-        ("NHA_FDB", "flag"),
-        ("NHA_RES_GROUP", "hex"),
-        ("NHA_RES_BUCKET", "hex"),
-        ("NHA_OP_FLAGS", "uint32"),
-    )
-
-    class nexthop_grp(nla_base_string):
+    class nhmsg(nlmsg):
         """
-        C structure (array of)::
+        Nexthop message (RTM_NEWNEXTHOP, RTM_DELNEXTHOP, RTM_GETNEXTHOP)
 
-            struct nexthop_grp {
-                __u32 id;           /* nexthop id - must exist */
-                __u8  weight;       /* weight of this nexthop, minus one */
-                __u8  weight_high;  /* high order bits of weight (resvd1 in older headers) */
-                __u16 resvd2;
+        C structure::
+
+            struct nhmsg {
+                unsigned char nh_family;
+                unsigned char nh_scope;     /* return only */
+                unsigned char nh_protocol;  /* Routing protocol that installed nh */
+                unsigned char resvd;
+                unsigned int  nh_flags;     /* RTNH_F flags */
             };
+
+        NHA_GROUP is an array of ``struct nexthop_grp``, decoded as a list of
+        ``{"id", "weight", "weight_high"}`` with the kernel's raw values (weight minus one).
         """
 
         __slots__ = ()
 
-        def encode(self):
-            self["value"] = b"".join(
-                NEXTHOP_GRP.pack(m["id"], m.get("weight", 0), m.get("weight_high", 0), 0)
-                for m in self.value)
-            nla_base_string.encode(self)
+        prefix = "NHA_"
 
-        def decode(self):
-            nla_base_string.decode(self)
-            raw = self["value"]
-            self.value = [
-                {"id": i, "weight": w, "weight_high": wh}
-                for i, w, wh, _resvd in NEXTHOP_GRP.iter_unpack(
-                    raw[:len(raw) - len(raw) % NEXTHOP_GRP.size])
-            ]
+        fields = (
+            ("family", "B"),
+            ("scope", "B"),
+            ("protocol", "B"),
+            ("resvd", "B"),
+            ("flags", "I"),
+        )
+
+        nla_map = (
+            ("NHA_UNSPEC", "none"),
+            ("NHA_ID", "uint32"),
+            ("NHA_GROUP", "nexthop_grp"),
+            ("NHA_GROUP_TYPE", "uint16"),
+            ("NHA_BLACKHOLE", "flag"),
+            ("NHA_OIF", "uint32"),
+            ("NHA_GATEWAY", "ipaddr"),
+            ("NHA_ENCAP_TYPE", "uint16"),
+            ("NHA_ENCAP", "hex"),
+            ("NHA_GROUPS", "flag"),
+            ("NHA_MASTER", "uint32"),
+            ("NHA_FDB", "flag"),
+            ("NHA_RES_GROUP", "hex"),
+            ("NHA_RES_BUCKET", "hex"),
+            ("NHA_OP_FLAGS", "uint32"),
+        )
+
+        class nexthop_grp(nla_base_string):
+            """
+            C structure (array of)::
+
+                struct nexthop_grp {
+                    __u32 id;           /* nexthop id - must exist */
+                    __u8  weight;       /* weight of this nexthop, minus one */
+                    __u8  weight_high;  /* high order bits of weight (resvd1 in older headers) */
+                    __u16 resvd2;
+                };
+            """
+
+            __slots__ = ()
+
+            def encode(self):
+                self["value"] = b"".join(
+                    NEXTHOP_GRP.pack(m["id"], m.get("weight", 0), m.get("weight_high", 0), 0)
+                    for m in self.value)
+                nla_base_string.encode(self)
+
+            def decode(self):
+                nla_base_string.decode(self)
+                raw = self["value"]
+                self.value = [
+                    {"id": i, "weight": w, "weight_high": wh}
+                    for i, w, wh, _resvd in NEXTHOP_GRP.iter_unpack(
+                        raw[:len(raw) - len(raw) % NEXTHOP_GRP.size])
+                ]
+
+    return nhmsg
+
+
+def __getattr__(name: str):
+    if name == "nhmsg":
+        return _nhmsg_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -263,57 +274,66 @@ def encode_nexthop(msg_type: int, seq: int, nh_id: int, obj: Object | None,
     """One RTM_NEWNEXTHOP (create or replace ``obj`` as ``nh_id``) or RTM_DELNEXTHOP request.
 
     Attributes in iproute2's order (NHA_ID, NHA_GATEWAY, NHA_OIF / NHA_ID, NHA_GROUP), so the
-    payload is what ``ip nexthop add`` sends.  Raises ValueError or struct.error for a value that
-    cannot be encoded.
+    payload is what ``ip nexthop add`` sends (and what pyroute2's ``nhmsg`` encodes).  Raises
+    ValueError or struct.error for a value that cannot be encoded.
     """
-    msg = nhmsg()
-    msg["family"] = socket.AF_UNSPEC
-    msg["protocol"] = protocol
-    attrs: list[tuple[str, object]] = [("NHA_ID", nh_id)]
+    family = socket.AF_UNSPEC
+    attrs = _attr(NHA_ID, U32.pack(nh_id))
     if msg_type == RTM_NEWNEXTHOP:
         flags = _new_flags()
         if isinstance(obj, Nexthop):
-            msg["family"] = socket.AF_INET
-            ipaddress.IPv4Address(obj.gateway)  # ValueError for anything but IPv4
-            attrs += [("NHA_GATEWAY", obj.gateway), ("NHA_OIF", obj.ifindex)]
+            family = socket.AF_INET
+            attrs += _attr(NHA_GATEWAY, ipaddress.IPv4Address(obj.gateway).packed)
+            attrs += _attr(NHA_OIF, U32.pack(obj.ifindex))
         elif isinstance(obj, Group):
-            attrs.append(("NHA_GROUP", [{"id": m, "weight": (w - 1) & 0xFF,
-                                         "weight_high": (w - 1) >> 8} for m, w in obj.members]))
+            attrs += _attr(NHA_GROUP, b"".join(NEXTHOP_GRP.pack(m, (w - 1) & 0xFF, (w - 1) >> 8, 0)
+                                               for m, w in obj.members))
         else:
             raise ValueError(f"nothing to create for nexthop {nh_id}: {obj!r}")
+        head = NHMSG.pack(family, 0, protocol, 0, 0)
     elif msg_type == RTM_DELNEXTHOP:
-        msg["protocol"] = 0  # the kernel refuses a delete whose nhmsg says more than the family
+        # the kernel refuses a delete whose nhmsg says more than the family
         flags = NLM_F_REQUEST | NLM_F_ACK
+        head = NHMSG.pack(family, 0, 0, 0, 0)
     else:
         raise ValueError(f"not a nexthop write: message type {msg_type}")
-    msg["attrs"] = attrs
-    msg["header"]["type"] = msg_type
-    msg["header"]["flags"] = flags
-    msg["header"]["sequence_number"] = seq
-    msg.encode()
-    return bytes(msg.data)
+    body = head + attrs
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, flags, seq, 0) + body
 
 
 def decode_nexthop(payload: bytes, msg_type: int = RTM_NEWNEXTHOP) -> NexthopMsg:
-    """The nexthop of one RTM_NEWNEXTHOP/RTM_DELNEXTHOP payload (the bytes after nlmsghdr)."""
-    msg = pyroute2_decode(nhmsg(_with_header(msg_type, payload)))
-    nh_id = msg.get_attr("NHA_ID") or 0
+    """The nexthop of one RTM_NEWNEXTHOP/RTM_DELNEXTHOP payload (the bytes after nlmsghdr).
+    Raises ValueError for a malformed one (an attribute of the wrong size, a short header)."""
+    if len(payload) < NHMSG.size:
+        raise ValueError("malformed nexthop message: nhmsg too short")
+    family, _scope, protocol, _resvd, nh_flags = NHMSG.unpack_from(payload)
+    attrs = parse_attrs(payload, NHMSG.size)
+
+    def u32(key: int) -> int:
+        value = attrs.get(key)
+        if value is None:
+            return 0
+        if len(value) != 4:
+            raise ValueError(f"malformed nexthop message: attribute {key} of {len(value)} bytes")
+        return U32.unpack(value)[0]
+
+    nh_id, oif = u32(NHA_ID), u32(NHA_OIF)
+    gateway = attrs.get(NHA_GATEWAY)
+    if gateway is not None and len(gateway) not in (4, 16):
+        raise ValueError("malformed nexthop message: NHA_GATEWAY")
+    group_type = attrs.get(NHA_GROUP_TYPE)
+    if group_type is not None and len(group_type) != 2:
+        raise ValueError("malformed nexthop message: NHA_GROUP_TYPE")
+    raw = attrs.get(NHA_GROUP)
     obj: Object | None = None
-    group = msg.get_attr("NHA_GROUP")
-    gateway = msg.get_attr("NHA_GATEWAY")
-    # pyroute2 returns raw bytes for a wrongly sized attribute: reject, as our decoders do
-    if (not isinstance(nh_id, int) or not isinstance(gateway, (str, type(None)))
-            or not isinstance(group, (list, tuple, type(None)))
-            or not isinstance(msg.get_attr("NHA_OIF") or 0, int)):
-        raise ValueError("malformed nexthop message")
-    if group and (msg.get_attr("NHA_GROUP_TYPE") or NEXTHOP_GRP_TYPE_MPATH) == \
+    if raw and (U16.unpack(group_type)[0] if group_type else NEXTHOP_GRP_TYPE_MPATH) == \
             NEXTHOP_GRP_TYPE_MPATH:
+        members = NEXTHOP_GRP.iter_unpack(raw[:len(raw) - len(raw) % NEXTHOP_GRP.size])
         with contextlib.suppress(ValueError):
-            obj = Group(tuple((m["id"], (m["weight_high"] << 8 | m["weight"]) + 1)
-                              for m in group))
-    elif gateway and msg["family"] == socket.AF_INET and msg.get_attr("NHA_OIF"):
-        obj = Nexthop(gateway, msg.get_attr("NHA_OIF"))
-    return NexthopMsg(nh_id, msg["family"], msg["protocol"], msg["flags"], obj)
+            obj = Group(tuple((m, (wh << 8 | w) + 1) for m, w, wh, _resvd in members))
+    elif gateway and len(gateway) == 4 and family == socket.AF_INET and oif:
+        obj = Nexthop(socket.inet_ntop(socket.AF_INET, gateway), oif)
+    return NexthopMsg(nh_id, family, protocol, nh_flags, obj)
 
 
 class _RouteTemplate(NamedTuple):
@@ -326,30 +346,15 @@ class _RouteTemplate(NamedTuple):
 @functools.lru_cache(maxsize=64)
 def _route_template(msg_type: int, prefsrc: bool, table: int, protocol: int,
                     priority: int) -> _RouteTemplate:
-    """pyroute2's rtmsg for the shape, with RTA_NH_ID appended by hand (see the module doc)."""
-    msg = rtmsg()
-    msg["family"] = socket.AF_INET
-    msg["dst_len"] = 32
-    msg["table"] = _header_table(table)
-    msg["proto"] = protocol
-    msg["type"] = RTN_UNICAST
-    attrs = [("RTA_DST", "0.0.0.0"), ("RTA_TABLE", table), ("RTA_PRIORITY", priority)]
-    if msg_type == RTM_NEWROUTE:
-        msg["scope"] = RT_SCOPE_UNIVERSE
-        flags = _new_flags()
-        if prefsrc:
-            attrs.append(("RTA_PREFSRC", "0.0.0.0"))
-    elif msg_type == RTM_DELROUTE:
-        msg["scope"] = RT_SCOPE_NOWHERE
-        flags = NLM_F_REQUEST | NLM_F_ACK
-    else:
+    """The route request of the shape through a nexthop object (``kernel.route_template``)."""
+    if msg_type not in (RTM_NEWROUTE, RTM_DELROUTE):
         raise ValueError(f"not a route write: message type {msg_type}")
-    msg["attrs"] = attrs
-    msg["header"]["type"] = msg_type
-    msg["header"]["flags"] = flags
-    msg.encode()
-    data = bytearray(msg.data) + _attr(RTA_NH_ID, U32.pack(0))
-    struct.pack_into("=I", data, 0, len(data))
+    new = msg_type == RTM_NEWROUTE
+    data = bytearray(route_template(msg_type, 0, new and prefsrc, table, protocol, priority,
+                                    nh_id=new)[0])
+    if not new:  # a delete names the object too, so it only matches a route through it
+        data += _attr(RTA_NH_ID, U32.pack(0))
+        struct.pack_into("=I", data, 0, len(data))
     found: dict[int, int] = {}
     off = NLMSGHDR.size + RTMSG.size
     while off + NLATTR.size <= len(data):
@@ -511,15 +516,10 @@ class NexthopTable:
             raise ValueError(f"nexthop id range {id_base:#x}+{id_count:#x} is not within u32 "
                              "(id 0 means 'allocate' to the kernel)")
         self.protocol, self.id_base, self.id_count = protocol, id_base, id_count
-        self._seq = 0
-        self._sock = open_socket(netns)
-        for option in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
-            with contextlib.suppress(OSError):
-                self._sock.setsockopt(SOL_NETLINK, option, 1)
-        self._sock.settimeout(ACK_TIMEOUT)
+        self._nl = Netlink(netns, strict=True, timeout=ACK_TIMEOUT)
 
     def close(self) -> None:
-        self._sock.close()
+        self._nl.close()
 
     def __enter__(self) -> NexthopTable:
         return self
@@ -528,21 +528,20 @@ class NexthopTable:
         self.close()
 
     def _next_seq(self) -> int:
-        self._seq = self._seq % 0xFFFFFFFF + 1
-        return self._seq
+        return self._nl.next_seq()
 
     def owns(self, nh_id: int) -> bool:
         return self.id_base <= nh_id < self.id_base + self.id_count
 
     def probe(self) -> bool:
-        return probe(self._sock, self._next_seq())
+        return probe(self._nl.sock, self._next_seq())
 
     @kernel_input
     def dump_all(self) -> list[NexthopMsg]:
         """Every nexthop object of the namespace, of any protocol."""
         body = NHMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         return [decode_nexthop(payload, mtype)
-                for mtype, payload in dump_request(self._sock, self._next_seq(), RTM_GETNEXTHOP, body)
+                for mtype, payload in self._nl.dump(RTM_GETNEXTHOP, body)
                 if mtype == RTM_NEWNEXTHOP]
 
     @kernel_input
@@ -602,7 +601,7 @@ class NexthopTable:
                 continue
             requests.append((seq, data))
             pending[seq] = (op, nh_id, obj)
-        for seq, (code, message) in exchange(self._sock, requests).items():
+        for seq, (code, message) in self._nl.exchange(requests).items():
             op, nh_id, obj = pending[seq]
             if code and not (op == "delete" and code == errno.ENOENT):
                 errors.append(NexthopError(nh_id, obj, op, code, message))
@@ -617,7 +616,7 @@ class NexthopTable:
         classic: RouteSet = {}
         via_id: dict[str, NhRoute] = {}
         try:
-            for _mtype, payload in dump_request(self._sock, self._next_seq(), RTM_GETROUTE, request):
+            for _mtype, payload in self._nl.dump(RTM_GETROUTE, request):
                 msg = decode_rtmsg(payload)
                 prio = _u32(msg.attrs[RTA_PRIORITY]) if RTA_PRIORITY in msg.attrs else 0
                 if (msg.family, msg.protocol, msg.table, msg.type, prio) != (
@@ -638,7 +637,7 @@ class NexthopTable:
         """The nexthop ids that IPv4 routes of our protocol use, in every table and priority."""
         request = RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, self.protocol, 0, RTN_UNICAST, 0)
         found = set()
-        for _mtype, payload in dump_request(self._sock, self._next_seq(), RTM_GETROUTE, request):
+        for _mtype, payload in self._nl.dump(RTM_GETROUTE, request):
             msg = decode_rtmsg(payload)
             if msg.protocol == self.protocol and (nh_id := route_nh_id(msg)) is not None:
                 found.add(nh_id)
@@ -664,7 +663,7 @@ class NexthopTable:
                     continue
                 requests.append((seq, data))
                 pending[seq] = (r, op)
-        for seq, (code, message) in exchange(self._sock, requests).items():
+        for seq, (code, message) in self._nl.exchange(requests).items():
             r, op = pending[seq]
             if code and not (op == "delete" and code == errno.ESRCH):
                 failed.append((r, op, code, message))

@@ -10,25 +10,45 @@ the calling thread moves (setns acts on the thread), and only for the duration o
 
 from __future__ import annotations
 
-import ctypes
 import errno
+import functools
 import os
 import socket
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/var/run/netns"
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 class NetnsError(OSError):
     """A namespace could not be entered (missing, or not permitted)."""
 
 
+@functools.cache
+def _libc():
+    import ctypes  # only for a named namespace: the daemon itself never needs it
+
+    return ctypes, ctypes.CDLL(None, use_errno=True)
+
+
+def setns(fd: int) -> int:
+    """setns(2) into the network namespace ``fd``; 0, or the errno (also in a forked child)."""
+    ctypes, libc = _libc()
+    return 0 if libc.setns(fd, CLONE_NEWNET) == 0 else ctypes.get_errno()
+
+
 def _setns(fd: int, what: str) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
+    err = setns(fd)
+    if err:
         raise NetnsError(err, f"setns into {what}: {os.strerror(err)}")
+
+
+def which(program: str) -> str | None:
+    """``shutil.which`` without importing shutil (it loads bz2 and lzma: 0.6 MB)."""
+    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(d or ".", program)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
 
 
 def socket_in_netns(name: str | None, family: int, type: int, proto: int = 0) -> socket.socket:

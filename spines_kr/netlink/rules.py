@@ -9,6 +9,8 @@ only the rule of its own table and protocol.
 Entry points: ``RuleTable(table, priority, protocol, netns)`` with ``dump()`` (our rules for our
 table: a list of priorities), ``ensure()`` (exactly one rule at our priority: adds it, removes
 ours at other priorities, left behind by a configuration change) and ``remove()`` (at exit).
+The codec, ``encode_rule`` and ``decode_rule``, is the one place rules are built and read:
+also for the multicast rules of ``netlink.mroute`` (family RTNL_FAMILY_IPMR, with an iif).
 
 Messages are pyroute2's ``fibmsg`` (linux/fib_rules.h); rules are few, so no fast path.
 
@@ -21,17 +23,25 @@ from __future__ import annotations
 
 import errno
 import socket
-
-from pyroute2.netlink.rtnl.fibmsg import fibmsg
+from typing import NamedTuple
 
 from spines_kr import RTPROT_SPINES
-from spines_kr.netlink.kernel import (NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSGHDR,
-                                      dump_request, exchange, open_socket)
+from spines_kr.netlink import messages
+from spines_kr.netlink.core import (NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSGHDR,
+                                    Netlink)
 
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 FR_ACT_TO_TBL = 1
-NLM_F_EXCL = 0x200
 RT_TABLE_MAIN = 254
+FIB_RULE_HDR_SIZE = 12  # struct fib_rule_hdr
+
+
+class Rule(NamedTuple):
+    family: int
+    table: int
+    priority: int
+    protocol: int
+    iifname: str = ""
 
 
 def default_priority(table: int) -> int:
@@ -39,12 +49,17 @@ def default_priority(table: int) -> int:
     return 20000 + table % 10000
 
 
-def _rule(msg_type: int, seq: int, table: int, priority: int, protocol: int) -> bytes:
-    msg = fibmsg()
-    msg["family"] = socket.AF_INET
+def encode_rule(msg_type: int, seq: int, table: int, priority: int, protocol: int, *,
+                family: int = socket.AF_INET, iifname: str | None = None) -> bytes:
+    """RTM_NEWRULE (with NLM_F_CREATE | NLM_F_EXCL) or RTM_DELRULE of ``[iif IIFNAME] lookup
+    TABLE pref PRIORITY proto PROTOCOL``."""
+    msg = messages.fibmsg()
+    msg["family"] = family
     msg["table"] = table if table < 256 else 0
     msg["action"] = FR_ACT_TO_TBL
-    msg["attrs"] = [("FRA_TABLE", table), ("FRA_PRIORITY", priority), ("FRA_PROTOCOL", protocol)]
+    attrs = [("FRA_IIFNAME", iifname)] if iifname is not None else []
+    msg["attrs"] = attrs + [("FRA_TABLE", table), ("FRA_PRIORITY", priority),
+                            ("FRA_PROTOCOL", protocol)]
     msg["header"]["type"] = msg_type
     msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | (
         NLM_F_CREATE | NLM_F_EXCL if msg_type == RTM_NEWRULE else 0)
@@ -53,33 +68,48 @@ def _rule(msg_type: int, seq: int, table: int, priority: int, protocol: int) -> 
     return bytes(msg.data)
 
 
+def decode_rule(payload: bytes) -> Rule:
+    msg = messages.fibmsg(NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_NEWRULE, 0, 0, 0) + payload)
+    msg.decode()
+    return Rule(msg["family"], msg.get_attr("FRA_TABLE") or msg["table"],
+                msg.get_attr("FRA_PRIORITY") or 0, msg.get_attr("FRA_PROTOCOL") or 0,
+                msg.get_attr("FRA_IIFNAME") or "")
+
+
+def dump_rules(nl: Netlink, family: int = socket.AF_INET) -> list[Rule]:
+    """Every rule of ``family`` in the namespace."""
+    body = bytes([family]) + bytes(FIB_RULE_HDR_SIZE - 1)  # only the family
+    return [decode_rule(payload) for _mtype, payload in list(nl.dump(RTM_GETRULE, body))]
+
+
+def write_rule(nl: Netlink, msg_type: int, table: int, priority: int, protocol: int, *,
+               family: int = socket.AF_INET, iifname: str | None = None) -> tuple[int, str]:
+    """Add or delete one rule; (errno, message), with "already there" (EEXIST on add) and
+    "already gone" (ENOENT on delete) as success."""
+    seq = nl.next_seq()
+    code, message = nl.send_request(seq, encode_rule(msg_type, seq, table, priority, protocol,
+                                                     family=family, iifname=iifname))
+    if (msg_type == RTM_NEWRULE and code == errno.EEXIST) or (
+            msg_type == RTM_DELRULE and code == errno.ENOENT):
+        return 0, ""
+    return code, message
+
+
 class RuleTable:
     def __init__(self, table: int, priority: int | None = None, protocol: int = RTPROT_SPINES,
                  netns: str | None = None):
         self.table = table
         self.priority = default_priority(table) if priority is None else priority
         self.protocol = protocol
-        self._sock = open_socket(netns)
-        self._seq = 0
+        self._nl = Netlink(netns)
 
     def close(self) -> None:
-        self._sock.close()
-
-    def _next(self) -> int:
-        self._seq += 1
-        return self._seq
+        self._nl.close()
 
     def dump(self) -> list[int]:
         """Priorities of IPv4 rules with our protocol that look up our table."""
-        found = []
-        body = bytes([socket.AF_INET]) + bytes(11)  # struct fib_rule_hdr: only the family
-        for _mtype, payload in dump_request(self._sock, self._next(), RTM_GETRULE, body):
-            msg = fibmsg(_header(payload))
-            msg.decode()
-            if (msg.get_attr("FRA_PROTOCOL") == self.protocol
-                    and (msg.get_attr("FRA_TABLE") or msg["table"]) == self.table):
-                found.append(msg.get_attr("FRA_PRIORITY") or 0)
-        return sorted(found)
+        return sorted(r.priority for r in dump_rules(self._nl)
+                      if r.protocol == self.protocol and r.table == self.table)
 
     def ensure(self) -> list[str]:
         """Exactly one rule of ours for our table, at our priority; return what changed."""
@@ -102,14 +132,6 @@ class RuleTable:
         return removed
 
     def _write(self, msg_type: int, priority: int) -> None:
-        seq = self._next()
-        code, message = exchange(self._sock, [(seq, _rule(msg_type, seq, self.table, priority,
-                                                           self.protocol))])[seq]
-        ok = (code == 0 or (msg_type == RTM_NEWRULE and code == errno.EEXIST)
-              or (msg_type == RTM_DELRULE and code == errno.ENOENT))
-        if not ok:
+        code, message = write_rule(self._nl, msg_type, self.table, priority, self.protocol)
+        if code:
             raise OSError(code, f"policy rule priority {priority} lookup {self.table}: {message}")
-
-
-def _header(payload: bytes) -> bytes:
-    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), RTM_NEWRULE, 0, 0, 0) + payload

@@ -1,5 +1,5 @@
 """Packet authentication: an HMAC-SHA256 trailer with replay protection.  Pure (no clock: the
-caller passes ``now``; hashlib/hmac only compute).
+caller passes ``now``; the hash only computes).
 
 Trailer (after the body, announced by the header flag F_TRAILER, 52 bytes)::
 
@@ -19,6 +19,11 @@ verifies, ``send_id`` signs, so keys are rotated without downtime (add the new k
 then make it the sending key everywhere, then remove the old one).  Key files are read by
 ``spines_kr.keys``.
 
+HMAC (RFC 2104) is computed here over the interpreter's own SHA-256 (``_sha256``, ``_sha2``
+from Python 3.12): ``hashlib`` loads OpenSSL's libcrypto, 3.7 MB of a small router's memory for
+one hash function.  Key pads are hashed once per key (``_pads``); tests/unit/test_auth.py
+checks every MAC against the standard library's ``hmac``.
+
 Drop reasons (counted by the daemon): ``auth_missing`` (no trailer), ``auth_key`` (unknown key
 id), ``auth_mac`` (wrong MAC), ``auth_replay``, ``auth_malformed``, ``auth_unexpected`` (a
 trailer while authentication is off: the overlays disagree, no adjacency).
@@ -26,12 +31,44 @@ trailer while authentication is off: the overlays disagree, no adjacency).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import struct
 from dataclasses import dataclass, field
 
 from spines_kr.wire.packets import F_TRAILER
+
+try:
+    from _sha2 import sha256  # Python 3.12+
+except ImportError:
+    try:
+        from _sha256 import sha256  # Python 3.11
+    except ImportError:  # an interpreter built without its own: OpenSSL's
+        from hashlib import sha256
+try:
+    from _operator import _compare_digest as compare_digest  # constant time, as hmac's
+except ImportError:
+    from hmac import compare_digest
+
+BLOCK = 64  # SHA-256 block size
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+_pads: dict[bytes, tuple] = {}
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104) of ``data`` under ``key``."""
+    pads = _pads.get(key)
+    if pads is None:
+        k = sha256(key).digest() if len(key) > BLOCK else key
+        k = k.ljust(BLOCK, b"\0")
+        pads = (sha256(k.translate(_IPAD)), sha256(k.translate(_OPAD)))
+        if len(_pads) >= 16:  # keys are few (two during a rotation); never grow unbounded
+            _pads.clear()
+        _pads[key] = pads
+    inner = pads[0].copy()
+    inner.update(data)
+    outer = pads[1].copy()
+    outer.update(inner.digest())
+    return outer.digest()
 
 _PREFIX = struct.Struct("!HHQQ")
 MAC_LEN = 32
@@ -63,7 +100,7 @@ class KeyRing:
         head = bytearray(packet)
         head[FLAGS_OFFSET] |= F_TRAILER
         head += _PREFIX.pack(self.send_id, 0, self.boot, self.counter)
-        return bytes(head) + hmac.digest(self.keys[self.send_id], bytes(head), hashlib.sha256)
+        return bytes(head) + hmac_sha256(self.keys[self.send_id], bytes(head))
 
     def check(self, sender: int, packet: bytes, trailer: bytes, now: float) -> str | None:
         """None if the packet is authentic and fresh (and record it), else a drop reason."""
@@ -78,7 +115,7 @@ class KeyRing:
         if key is None:
             return "auth_key"
         signed = packet[:len(packet) - MAC_LEN]
-        if not hmac.compare_digest(hmac.digest(key, signed, hashlib.sha256), trailer[-MAC_LEN:]):
+        if not compare_digest(hmac_sha256(key, signed), trailer[-MAC_LEN:]):
             return "auth_mac"
         return self._fresh(sender, boot, counter, now)
 

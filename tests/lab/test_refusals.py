@@ -109,7 +109,6 @@ def test_a_second_daemon_in_the_same_slot_is_refused_naming_the_first(line):
 
 
 def test_a_neighbor_that_is_our_own_address_is_refused(line):
-    n1 = node(line, "n1")
     link = line["links"][0]  # n1 - n2
     own = (link["a_address"] if link["a"] == "n1" else link["b_address"]).split("/")[0]
     proc = run_daemon(line, "n1", "-p", "8300", "-a", own)

@@ -1,5 +1,6 @@
 """The HMAC trailer and replay protection (pure), and the engine refusing what fails them."""
 
+from hypothesis import given, strategies as st
 
 from spines_kr.wire import packets as w
 from spines_kr.wire.auth import TRAILER_LEN, WINDOW, KeyRing
@@ -107,3 +108,13 @@ def test_packet_rate_per_neighbor_is_limited():
     for _ in range(1000):  # a burst far above 100/s at one instant
         n1.receive(link.ifindex, link.peer_addr, _lsu(0x0B000001), sim.now)
     assert n1.counters["dropped.limit_rate"] >= 890
+
+
+@given(key=st.binary(min_size=0, max_size=200), data=st.binary(max_size=3000))
+def test_our_hmac_is_the_standard_librarys(key, data):
+    import hashlib
+    import hmac
+
+    from spines_kr.wire.auth import hmac_sha256
+
+    assert hmac_sha256(key, data) == hmac.digest(key, data, hashlib.sha256)

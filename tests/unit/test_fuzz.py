@@ -63,6 +63,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from spines_kr.daemon import control
 from spines_kr.daemon.node import Node, Params
 from spines_kr.netlink import events as ev
+from spines_kr.netlink.core import Netlink
 from spines_kr.netlink import kernel as k
 from spines_kr.netlink import mroute as mr
 from spines_kr.netlink import nexthop as nh
@@ -840,7 +841,8 @@ def run_decode_mfc(data: bytes) -> str:
 
 def _route_table(sock) -> k.RouteTable:
     table = k.RouteTable.__new__(k.RouteTable)
-    table.table, table.protocol, table.priority, table._seq, table._sock = 254, 81, 20, 0, sock
+    table.table, table.protocol, table.priority = 254, 81, 20
+    table._nl, table._sock = Netlink.wrap(sock), sock
     return table
 
 
@@ -936,7 +938,7 @@ def _events_corpus() -> list[bytes]:
 @target("netlink.events.KernelWatch.read", _events_corpus, _gen_events, max_size=512)
 def run_watch_read(data: bytes) -> str:
     watch = ev.KernelWatch.__new__(ev.KernelWatch)
-    watch._sock = _WatchSocket(data)
+    watch._nl = Netlink.wrap(_WatchSocket(data))
     events = watch.read()  # never raises
     _typed(events, list)
     for event in events:
@@ -946,8 +948,8 @@ def run_watch_read(data: bytes) -> str:
 
 def _nexthop_table(sock) -> nh.NexthopTable:
     table = nh.NexthopTable.__new__(nh.NexthopTable)
-    table.protocol, table.id_base, table.id_count, table._seq, table._sock = (
-        81, nh.ID_BASE, nh.ID_COUNT, 0, sock)
+    table.protocol, table.id_base, table.id_count = 81, nh.ID_BASE, nh.ID_COUNT
+    table._nl = Netlink.wrap(sock)
     return table
 
 
@@ -988,7 +990,8 @@ def run_nexthop_dump_routes(data: bytes) -> str:
 
 def _router(nl=None, sock=None) -> mr.MulticastRouter:
     router = mr.MulticastRouter.__new__(mr.MulticastRouter)
-    router.table, router.netns, router._seq, router._nl, router.sock = 253, None, 0, nl, sock
+    router.table, router.netns, router.sock = 253, None, sock
+    router._nl = None if nl is None else Netlink.wrap(nl)
     router._vifs = {vifi: ifindex for ifindex, vifi in VIFI_OF.items()}
     router.stats = {"upcalls": 0, "igmp": 0, "own": 0, "ignored": 0, "malformed": 0}
     router._local, router._local_read = {"10.2.0.1"}, float("inf")  # no address dump

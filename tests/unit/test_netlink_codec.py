@@ -8,6 +8,7 @@ from collections import deque
 
 import pytest
 
+from spines_kr.netlink import core
 from spines_kr.netlink import kernel as k
 from spines_kr.routing.model import NextHop, Route, route_set
 
@@ -18,9 +19,8 @@ def test_template_encoder_matches_pyroute2_message_for_message():
     import socket as _s
 
     from hypothesis import given, settings, strategies as st
-    from pyroute2.netlink.rtnl.rtmsg import rtmsg
-
     from spines_kr.netlink import kernel as k
+    from spines_kr.netlink.messages import rtmsg
     from spines_kr.routing.model import NextHop, Route
 
     def reference(msg_type, seq, route, table, protocol, priority):
@@ -130,7 +130,7 @@ class ScriptedNetlink:
 
 
 def scripted_table(monkeypatch, sock: ScriptedNetlink) -> k.RouteTable:
-    monkeypatch.setattr(k, "open_socket", lambda netns, groups=0: sock)
+    monkeypatch.setattr(core, "open_socket", lambda netns, groups=0, protocol=0: sock)
     return k.RouteTable(priority=20)
 
 
@@ -237,3 +237,55 @@ def test_dump_decodes_the_captured_table(monkeypatch, one_hop_layouts):
     ])
     # The fast path takes the one-gateway routes with RTA_DST (10.1, 10.2 and 10.4, not ours).
     assert len(decoded) == (3 if one_hop_layouts else 6)
+
+
+def test_loopback_address_requests_are_pyroute2s():
+    """addresses._addr is a struct codec; pyroute2's ifaddrmsg is its oracle."""
+    from spines_kr.netlink.addresses import RTM_DELADDR, RTM_NEWADDR, _addr
+    from spines_kr.netlink.messages import ifaddrmsg
+
+    for msg_type in (RTM_NEWADDR, RTM_DELADDR):
+        msg = ifaddrmsg()
+        msg["family"], msg["prefixlen"], msg["index"] = socket.AF_INET, 32, 1
+        msg["attrs"] = [("IFA_LOCAL", "240.1.2.3"), ("IFA_ADDRESS", "240.1.2.3"), ("IFA_PROTO", 81)]
+        msg["header"]["type"] = msg_type
+        msg["header"]["flags"] = k.NLM_F_REQUEST | k.NLM_F_ACK | (
+            k.NLM_F_CREATE | 0x200 if msg_type == RTM_NEWADDR else 0)
+        msg["header"]["sequence_number"] = 7
+        msg.encode()
+        assert _addr(msg_type, 7, "240.1.2.3", 81) == bytes(msg.data)
+
+
+def test_links_and_addresses_decode_as_pyroute2_does():
+    from spines_kr.netlink.messages import ifaddrmsg, ifinfmsg
+
+    link = ifinfmsg()
+    link["index"], link["flags"] = 7, 0x10043
+    link["attrs"] = [("IFLA_IFNAME", "to-n2"), ("IFLA_MTU", 1500)]
+    link.encode()
+    payload = bytes(link.data)[16:]
+    assert k.decode_link(payload) == k.LinkState(7, "to-n2", True)
+    addr = ifaddrmsg()
+    addr["family"], addr["prefixlen"], addr["index"] = socket.AF_INET, 30, 7
+    addr["attrs"] = [("IFA_ADDRESS", "10.200.0.1"), ("IFA_LOCAL", "10.200.0.1")]
+    addr.encode()
+    assert k.decode_addr(bytes(addr.data)[16:]) == (socket.AF_INET, 7, "10.200.0.1", 30)
+    with pytest.raises(ValueError):
+        k.decode_link(b"\0" * 8)
+
+
+def test_the_daemon_loads_neither_pyroute2_nor_asyncio_nor_openssl():
+    """What a daemon on a small router imports (issue 11: idle RSS at most 22 MB)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import spines_kr.cli, spines_kr.daemon.main, spines_kr.netlink.kernel\n"
+            "import spines_kr.netlink.events, spines_kr.netlink.nexthop\n"
+            "import spines_kr.netlink.addresses, spines_kr.netlink.capabilities, spines_kr.keys\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in\n"
+            "             ('pyroute2', 'asyncio', 'ssl', '_hashlib', 'structlog', 'psutil',\n"
+            "              'logging', 'subprocess') or m.startswith('spines_kr.lab'))\n"
+            "print(','.join(bad))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
