@@ -185,7 +185,15 @@ class Config:
     hello_interval_ms: int = setting(60, kind="int", lo=10, hi=60000, engine=True)
     dead_interval_ms: int = setting(250, kind="int", lo=30, hi=600000, engine=True)
     up_after_hellos: int = setting(3, kind="int", lo=1, hi=100, engine=True)
-    retransmit_ms: int = setting(100, kind="int", lo=10, hi=60000, engine=True)
+    retransmit_ms: int = setting(400, kind="int", lo=10, hi=60000, engine=True,
+                                 help="an unacknowledged LSA is sent again after this (at least "
+                                      "3 RTT), doubling up to 8x")
+    lsa_min_interval_ms: int = setting(200, kind="int", lo=0, hi=60000, engine=True,
+                                       help="our LSA at most this often; the first change at once")
+    flood_pace_ms: int = setting(10, kind="int", lo=0, hi=10000, engine=True,
+                                 help="updates on one link at most this often, bundled")
+    ack_delay_ms: int = setting(20, kind="int", lo=0, hi=10000, engine=True,
+                                help="acknowledgements wait this long to go in one packet")
     lsa_refresh_s: float = setting(600.0, kind="float", lo=1, hi=86400, engine=True)
     lsa_max_age_s: float = setting(1800.0, kind="float", lo=3, hi=86400 * 7, engine=True)
 

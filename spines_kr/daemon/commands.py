@@ -103,6 +103,7 @@ class Commands:
         if ks is not None:
             counters.update(ks.stats)
         counters.update({f"errors.{k}": v for k, v in d.loop.errors.items()})
+        counters["loop_wakeups"] = getattr(d.loop, "wakeups", 0)
         return {
             "logical_id": d.cfg.logical_id, "port": d.cfg.port, "metric": d.cfg.metric,
             "kernel_levels": list(d.cfg.kernel_levels), "pid": os.getpid(),

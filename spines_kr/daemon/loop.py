@@ -261,7 +261,7 @@ class Loop:
         timers = self._timers
         while timers and timers[0][2].cancelled:
             heapq.heappop(timers)
-        if self._ready or self._threadsafe:
+        if self._ready:  # (the worker's results come with a byte on the pipe: wait for it)
             timeout = 0.0
         else:
             timeout = max_wait

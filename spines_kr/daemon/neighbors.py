@@ -26,8 +26,8 @@ import enum
 from dataclasses import dataclass, field
 
 from spines_kr.daemon.emulation import LinkEmulation
+from spines_kr.daemon.flooding import LinkFlood
 from spines_kr.routing.metrics import CostTracker, LinkMeasure
-from spines_kr.wire.packets import LSA
 
 LOSS_WINDOW = 64
 
@@ -38,7 +38,7 @@ class State(enum.IntEnum):
     UP = 2
 
 
-@dataclass
+@dataclass(eq=False)
 class Link:
     ifindex: int
     ifname: str
@@ -49,9 +49,9 @@ class Link:
     state: State = State.DOWN
     peer_id: int | None = None
     since: float = 0.0  # time of the last state change
-    # our hellos
+    # our hellos (all links' go out together in the engine's hello round)
     tx_seq: int = 0
-    next_hello: float = 0.0
+    hello_asap: bool = False  # answer before the next round: the neighbor waits to hear us
     # the neighbor's hellos
     last_rx: float = 0.0
     peer_tx_us: int = 0  # tx_us of the neighbor's last hello, echoed back
@@ -62,10 +62,9 @@ class Link:
     rx_highest: int = -1
     rx_first: int = 0  # first sequence number heard: nothing before it counts as lost
     rx_bits: int = 0  # bit i set: hello rx_highest - i arrived
-    # flooding: LSAs sent on this link and not yet acknowledged, and those to send now
-    pending: dict[int, LSA] = field(default_factory=dict)
-    fresh: set[int] = field(default_factory=set)
-    next_rxmt: float = 0.0
+    # flooding on this link (daemon.flooding), and the engine's deadline for the link
+    flood: LinkFlood = field(default_factory=LinkFlood)
+    deadline: float = float("inf")
     flaps: int = 0
     cost: CostTracker | None = None  # the advertised cost while UP
     emulation: LinkEmulation | None = None  # setlink: kept across down/up
@@ -128,8 +127,7 @@ class Link:
         self.peer_tx_us = 0
         self.last_echo_us = 0
         self.cost = None
-        self.pending.clear()
-        self.fresh.clear()
+        self.flood.reset()
 
     def to_json(self, now: float) -> dict:
         return {
@@ -139,7 +137,8 @@ class Link:
             "neighbor_id": None if self.peer_id is None else _ip(self.peer_id),
             "since_s": round(now - self.since, 3),
             "rtt_ms": None if self.srtt_ms is None else round(self.srtt_ms, 3),
-            "loss": round(self.loss, 4), "flaps": self.flaps, "unacked_lsas": len(self.pending),
+            "loss": round(self.loss, 4), "flaps": self.flaps,
+            "unacked_lsas": len(self.flood.unacked),
             "cost": None if self.cost is None else self.cost.advertised & 0x7FFFFFFF,
             "problematic": bool(self.cost and self.cost.problematic),
             "emulation": None if self.emulation is None else self.emulation.to_json(),

@@ -1,11 +1,14 @@
-"""The protocol engine of one overlay router: neighbors, reliable flooding, SPF.  No I/O, no clock.
+"""The protocol engine of one overlay router: neighbors, flooding, routes.  No I/O, no clock.
 
 Entry points (all take the current time ``now`` in seconds, from any monotonic clock):
-    Node(params, now, initial_seq, rng)
+    Node(params, now, initial_seq, rng, auth)
     add_link(ifindex, ifname, local_addr, peer_addr) / remove_link(key)
     set_interface(ifindex, up, now)     carrier or admin state from netlink
-    receive(ifindex, src_addr, data, now)
-    tick(now)                           timers: hellos, dead links, retransmits, refresh, ageing
+    receive(ifindex, src_addr, data, now, rx_at=None)
+                                        one datagram; ``rx_at`` is when the kernel received it
+                                        (a socket timestamp: the daemon reads in batches, and
+                                        RTT and liveness are measured from the arrival)
+    tick(now)                           timers: hellos, dead links, flooding, originations, ageing
     next_deadline()                     when tick must run next
     routes()                            the desired kernel route set (recomputed when dirty)
     withdraw(now)                       flood an LSA without links (clean exit)
@@ -13,50 +16,68 @@ Outputs are values the daemon drains: ``outbox`` (link, bytes) to send on that l
 (name, fields) to log; ``counters`` count packets in/out and drops by reason; ``routes_version``
 increases whenever the route set may have changed.
 
-Flooding (reliable, as OSPF's, RFC 2328 section 13, simplified): a newer LSA is installed,
-acknowledged to the sender and sent to every other UP neighbor, where it stays in that link's
-``pending`` set until acknowledged (retransmitted every ``retransmit_ms``).  An older copy is
-answered with ours.  When a link comes up both sides send their whole database (full sync).
-An origin that receives a newer copy of its own LSA (it restarted, its old LSAs live on)
-jumps its sequence past it and re-originates.  LSAs are only accepted from UP links.
+Parts: ``neighbors.Link`` (one neighbor: hellos, liveness, RTT, loss), ``flooding.Flooding``
+(reliable, paced, bundled flooding per link), ``routing.lsdb.LSDB`` and
+``routing.assemble.assemble`` (the desired route set, pure).  The engine keeps one deadline per
+link in a heap (``_heap``: (time, seq, link), stale entries skipped when popped), so finding the
+next timer costs O(log links), not a scan; hellos of all links go out together in one round
+(one wakeup), jittered.
+
+Origination: our LSA is re-originated when its links, prefixes or groups change, at most once
+per ``lsa_min_interval`` (OSPF's MinLSInterval): the first change goes out at once, changes
+within the interval are coalesced into one origination at its end.  Bad news is never held: a
+link that goes down is advertised at once (the routes of every node, ours included, must stop
+using it), only good news (links up, better costs, groups) is paced.  An origin that receives a
+newer copy of its own LSA (it restarted, its old LSAs live on) jumps its sequence past it and
+re-originates.  LSAs are only accepted from UP links; they are bounded per origin
+(``max_*_per_node``) and in number (``max_nodes``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import ipaddress
+import itertools
 import random
 from collections import Counter
 from dataclasses import dataclass
 
+from spines_kr.daemon.flooding import FloodParams, Flooding, LinkFlood
 from spines_kr.daemon.neighbors import Link, State
 from spines_kr.routing import lsdb as lsdbmod
+from spines_kr.routing.assemble import RoutePolicy, assemble
 from spines_kr.routing.metrics import MEASURED, CostTracker, graph_cost
 from spines_kr.routing.model import NextHop, RouteSet
-from spines_kr.routing import groups as grp
-from spines_kr.routing.routes import node_routes, prefix_routes
+from spines_kr.routing.groups import members as group_members
 from spines_kr.routing.spf import spf
 from spines_kr.wire import packets as wire
 from spines_kr.wire.auth import KeyRing
 
 EXPIRE_EVERY = 1.0
 SEQ_HEADROOM = 1 << 32  # an own LSA this close to the maximum is not jumped past
+INF = float("inf")
 
 
 @dataclass(frozen=True)
 class Params:
+    """The engine's parameters: the config's engine settings (``config.ENGINE``) in engine
+    units (seconds, integers), and what the daemon decides (identity, prefsrc)."""
     self_id: int
     instance: int
     metric: str = "distance"
     hello_interval: float = 0.06
     dead_interval: float = 0.25
     up_after: int = 3
-    retransmit: float = 0.1
+    retransmit: float = 0.4
+    lsa_min_interval: float = 0.2
+    flood_pace: float = 0.01
+    ack_delay: float = 0.02
     lsa_refresh: float = 600.0
     lsa_max_age: float = 1800.0
     accept_unknown_neighbors: bool = True
     prefsrc: str | None = None
-    multipath: bool = False
+    multipath: bool = True
     multipath_tolerance: float = 0.0  # measured metrics: next hops within this share of the best
     multipath_weights: str = "equal"
     prefixes: tuple[tuple[int, int, int], ...] = ()  # (network, prefixlen, metric) we announce
@@ -78,8 +99,10 @@ class Params:
         return cls(self_id=int(ipaddress.IPv4Address(cfg.logical_id)), instance=cfg.port,
                    metric=cfg.metric, hello_interval=cfg.hello_interval_ms / 1000,
                    dead_interval=cfg.dead_interval_ms / 1000, up_after=cfg.up_after_hellos,
-                   retransmit=cfg.retransmit_ms / 1000, lsa_refresh=cfg.lsa_refresh_s,
-                   lsa_max_age=cfg.lsa_max_age_s,
+                   retransmit=cfg.retransmit_ms / 1000,
+                   lsa_min_interval=cfg.lsa_min_interval_ms / 1000,
+                   flood_pace=cfg.flood_pace_ms / 1000, ack_delay=cfg.ack_delay_ms / 1000,
+                   lsa_refresh=cfg.lsa_refresh_s, lsa_max_age=cfg.lsa_max_age_s,
                    accept_unknown_neighbors=cfg.accept_unknown_neighbors, prefsrc=prefsrc,
                    multipath=cfg.multipath,
                    multipath_tolerance=cfg.multipath_tolerance if cfg.metric in MEASURED else 0.0,
@@ -97,6 +120,15 @@ class Params:
                    max_packets_per_s=cfg.max_packets_per_s,
                    max_own_groups=cfg.max_own_groups)
 
+    def flood_params(self) -> FloodParams:
+        return FloodParams(pace=self.flood_pace, ack_delay=self.ack_delay,
+                           retransmit=self.retransmit, budget_pps=self.max_packets_per_s / 4)
+
+    def route_policy(self) -> RoutePolicy:
+        return RoutePolicy(self.prefsrc, self.multipath, self.multipath_tolerance,
+                           self.multipath_weights, self.kernel_levels, self.anypath,
+                           self.spines_mappings, self.gateway_group)
+
 
 class Node:
     def __init__(self, params: Params, now: float, initial_seq: int = 1,
@@ -104,7 +136,7 @@ class Node:
         self.p = params
         self.auth = auth  # None: packets carry no trailer (auth = "none")
         self.id = params.self_id
-        self.rng = rng or random.Random()
+        self.rng = rng or random.Random(params.self_id)
         self.links: dict[tuple[int, str], Link] = {}
         self.iface_up: dict[int, bool] = {}
         self.lsdb = lsdbmod.LSDB(self.id, max_age=params.lsa_max_age)
@@ -113,6 +145,9 @@ class Node:
         self.events: list[tuple[str, dict]] = []
         self.counters: Counter[str] = Counter()
         self.routes_version = 0
+        self.groups: set[int] = set()  # groups this node belongs to
+        self.group_choice: dict[int, list[int]] = {}  # group -> members its route goes to
+        self.flooding = Flooding(params.flood_params(), self.counters)
         self._routes: RouteSet = {}
         self._routes_at = -1
         self._reachable: set[int] = set()
@@ -121,8 +156,11 @@ class Node:
         self._hello_round = now  # hellos of all links go out together: one wakeup per round
         self._metric_code = wire.METRIC_CODES[params.metric]
         self._mismatch_logged: set[tuple[int, str]] = set()
-        self.groups: set[int] = set()  # groups this node belongs to
-        self.group_choice: dict[int, list[int]] = {}  # group -> members its route goes to
+        self._heap: list[tuple[float, int, Link]] = []
+        self._heap_seq = itertools.count()
+        self._touched: set[Link] = set()  # links whose deadline must be recomputed
+        self._last_origination = -INF
+        self._origination_due = INF  # a coalesced origination waiting for the interval
         self._originate(now, force=True)
 
     # --- links ----------------------------------------------------------------------------------
@@ -133,18 +171,22 @@ class Node:
         link = self.links.get(key)
         if link is None:
             link = Link(ifindex, ifname, local_addr, peer_addr, configured=configured, since=now)
-            link.next_hello = now  # say hello at once
+            link.flood = LinkFlood()
+            link.hello_asap = True  # say hello at once
             self.links[key] = link
             self.events.append(("link.added", {"link": _name(link), "configured": configured}))
+            self._touch(link)
         return link
 
     def remove_link(self, key: tuple[int, str], now: float) -> None:
         link = self.links.pop(key, None)
         if link is not None:
             was_up = link.up
+            link.deadline = INF
+            self._touched.discard(link)
             self.events.append(("link.removed", {"link": _name(link)}))
             if was_up:
-                self._changed(now)
+                self._changed(now, urgent=True)
 
     def set_interface(self, ifindex: int, up: bool, now: float) -> None:
         if self.iface_up.get(ifindex) == up:
@@ -156,10 +198,12 @@ class Node:
             if not up:
                 self._down(link, now, "carrier")
             else:
-                link.next_hello = now
+                link.hello_asap = True
+            self._touch(link)
         if up:
             # Routes through this interface vanished with it (kernel behaviour): recompute.
             self.routes_version += 1
+        self._settle(now)
 
     def _usable(self, link: Link) -> bool:
         return self.iface_up.get(link.ifindex, True)
@@ -169,11 +213,13 @@ class Node:
         if link.state is State.DOWN:
             return
         link.reset(now)
+        link.flood.reset()
+        self._touch(link)
         if was_up:
             link.flaps += 1
             self.events.append(("neighbor.down", {"link": _name(link), "neighbor": _ip(link.peer_id),
                                                   "reason": reason}))
-            self._changed(now)
+            self._changed(now, urgent=True)
 
     def _up(self, link: Link, now: float) -> None:
         link.state = State.UP
@@ -184,15 +230,58 @@ class Node:
                                             "rtt_ms": None if link.srtt_ms is None
                                             else round(link.srtt_ms, 3)}))
         # Full sync: the neighbor gets our whole database.
-        for origin, lsa in self.lsdb.lsas.items():
-            link.pending[origin] = lsa
-            link.fresh.add(origin)
+        self.flooding.sync(link.flood, [lsa for _, lsa in sorted(self.lsdb.lsas.items())], now)
+        self._touch(link)
         self._changed(now)
 
-    def _changed(self, now: float) -> None:
-        """A link came up or went down: re-originate our LSA and recompute routes."""
-        self._originate(now)
+    def _changed(self, now: float, urgent: bool = False) -> None:
+        """A link came up or went down (``urgent``: not paced): re-originate our LSA and
+        recompute routes."""
+        self._originate(now, urgent=urgent)
         self.routes_version += 1
+
+    # --- deadlines ------------------------------------------------------------------------------
+
+    def _touch(self, link: Link) -> None:
+        self._touched.add(link)
+
+    def _link_deadline(self, link: Link) -> float:
+        if not self._usable(link):
+            return INF
+        t = link.flood.due()
+        if link.hello_asap:
+            t = min(t, 0.0)
+        if link.state is not State.DOWN:
+            dead = link.last_rx + self.p.dead_interval + 1e-3
+            if dead < t:
+                t = dead
+        return t
+
+    def _settle(self, now: float) -> None:
+        """Do the flooding work that is due on touched links, then file their deadlines."""
+        touched = self._touched
+        while touched:
+            link = touched.pop()
+            if link.key not in self.links:
+                continue
+            if link.up and self._usable(link) and link.flood.due() <= now:
+                self._flood_run(link, now)
+            when = self._link_deadline(link)
+            if when != link.deadline:
+                link.deadline = when
+                if when != INF:
+                    heapq.heappush(self._heap, (when, next(self._heap_seq), link))
+
+    def next_deadline(self) -> float:
+        heap = self._heap
+        while heap and (heap[0][2].deadline != heap[0][0]
+                        or heap[0][2].key not in self.links):
+            heapq.heappop(heap)
+        t = min(self._next_expire, self._next_refresh, self._hello_round,
+                self._origination_due)
+        if heap and heap[0][0] < t:
+            t = heap[0][0]
+        return t
 
     # --- origination ----------------------------------------------------------------------------
 
@@ -206,7 +295,15 @@ class Node:
                     best[link.peer_id] = cost
         return list(best.items())
 
-    def _originate(self, now: float, force: bool = False, links=None) -> None:
+    def _originate(self, now: float, force: bool = False, links=None,
+                   urgent: bool = False) -> None:
+        """Originate our LSA if it says something new (or ``force``), at most once per
+        ``lsa_min_interval`` unless ``urgent``: within it, the origination waits for the
+        interval's end."""
+        if (not force and not urgent and links is None
+                and now < self._last_origination + self.p.lsa_min_interval):
+            self._origination_due = self._last_origination + self.p.lsa_min_interval
+            return
         links = self._own_links() if links is None else links
         own = self.lsdb.lsas.get(self.id)
         if self.seq + 1 >= wire.MAX_SEQ:
@@ -222,18 +319,22 @@ class Node:
             self.events.append(("lsa.truncated", {"groups": len(candidate.groups),
                                                   "kept": len(keep)}))
             candidate = wire.LSA.make(self.id, self.seq + 1, links, self.p.prefixes, keep)
+        self._origination_due = INF
         if not force and own is not None and _body(own) == _body(candidate):
             return
         self.seq += 1
+        self._last_origination = now
+        self.counters["lsa_originated"] += 1
         self.lsdb.install(candidate, now)
         self._next_refresh = now + self.p.lsa_refresh
-        self._flood(candidate, exclude=None)
+        self._flood(candidate, now, exclude=None)
         self.routes_version += 1
 
     def reconfigure(self, params: Params, now: float) -> None:
         """Apply new parameters (a config reload) without dropping links that stay valid: a new
         metric restarts the cost of every link; prefixes and timers take effect at once."""
         old, self.p = self.p, params
+        self.flooding.p = params.flood_params()
         if params.metric != old.metric:
             self._metric_code = wire.METRIC_CODES[params.metric]
             self._mismatch_logged.clear()
@@ -241,8 +342,9 @@ class Node:
                 if link.up:
                     link.cost = CostTracker(params.metric)
                     link.cost.update(link.measure(), now)
-        self._originate(now)
+        self._originate(now, force=True)
         self.routes_version += 1
+        self._settle(now)
 
     def set_prefsrc(self, prefsrc: str | None) -> None:
         """The preferred source of our routes: the logical ID while it is on this host, none
@@ -263,6 +365,7 @@ class Node:
         self.groups.add(group)
         self.events.append(("group.joined", {"group": _ip(group)}))
         self._originate(now)
+        self._settle(now)
         return True
 
     def leave(self, group: int, now: float) -> bool:
@@ -271,6 +374,7 @@ class Node:
         self.groups.discard(group)
         self.events.append(("group.left", {"group": _ip(group)}))
         self._originate(now)
+        self._settle(now)
         return True
 
     def withdraw(self, now: float) -> None:
@@ -278,17 +382,25 @@ class Node:
         self.p = dataclasses.replace(self.p, prefixes=())
         self.groups = set()
         self._originate(now, force=True, links=[])
-        self._flush(now)
+        for link in self.links.values():
+            if link.up and self._usable(link):
+                link.flood.next_send = now  # no pacing: this is the last thing we say
+                self._flood_run(link, now)
 
-    def _flood(self, lsa: wire.LSA, exclude: Link | None) -> None:
+    def _flood(self, lsa: wire.LSA, now: float, exclude: Link | None) -> None:
         for link in self.links.values():
             if link.up and link is not exclude:
-                link.pending[lsa.origin] = lsa
-                link.fresh.add(lsa.origin)
+                self.flooding.queue(link.flood, lsa, now)
+                self._touch(link)
+
+    def _flood_run(self, link: Link, now: float) -> None:
+        for pkt in self.flooding.run(link.flood, now, self.p.instance, self.id, link.srtt_ms):
+            self._send(link, pkt)
 
     # --- input ----------------------------------------------------------------------------------
 
-    def receive(self, ifindex: int, src_addr: str, data: bytes, now: float) -> None:
+    def receive(self, ifindex: int, src_addr: str, data: bytes, now: float,
+                rx_at: float | None = None) -> None:
         self.counters["packets_in"] += 1
         try:
             header, msg, _trailer = wire.decode(data, instance=self.p.instance)
@@ -326,17 +438,21 @@ class Node:
         if not link.admit(now, self.p.max_packets_per_s):
             self._over_limit("rate", link.peer_addr)
             return
+        at = now if rx_at is None or rx_at > now else rx_at
         if isinstance(msg, wire.Hello):
-            self._hello(link, header.sender, msg, now)
+            self._hello(link, header.sender, msg, at, now)
         elif not link.up or header.sender != link.peer_id:
             self.counters["dropped.link_not_up"] += 1
         else:
-            link.last_rx = now
+            if at > link.last_rx:
+                link.last_rx = at
             if isinstance(msg, wire.LinkStateUpdate):
                 self._lsu(link, msg, now)
             else:
-                self._ack(link, msg)
-        self._flush(now)
+                for origin, seq in msg.acks:
+                    self.flooding.acked(link.flood, origin, seq)
+        self._touch(link)
+        self._settle(now)
 
     def _local_addr_for(self, ifindex: int) -> str | None:
         for link in self.links.values():
@@ -344,7 +460,7 @@ class Node:
                 return link.local_addr
         return None
 
-    def _hello(self, link: Link, sender: int, h: wire.Hello, now: float) -> None:
+    def _hello(self, link: Link, sender: int, h: wire.Hello, at: float, now: float) -> None:
         if h.metric != self._metric_code:
             self.counters["dropped.metric_mismatch"] += 1
             if link.key not in self._mismatch_logged:
@@ -360,41 +476,45 @@ class Node:
         if link.up and not heard_us:
             self._down(link, now, "neighbor stopped hearing us")
         link.peer_id = sender
-        link.last_rx = now
+        if at > link.last_rx:
+            link.last_rx = at
         link.record_rx_seq(h.seq)
         link.peer_tx_us = h.tx_us
-        link.peer_rx_at = now
+        link.peer_rx_at = at
         first = link.state is State.DOWN
         if first:
             link.state = State.INIT
             link.since = now
         if heard_us and h.echo_us != link.last_echo_us:
             link.last_echo_us = h.echo_us
-            link.rtt_sample((_us(now) - h.echo_us - h.hold_us) / 1000)
+            link.rtt_sample((_us(at) - h.echo_us - h.hold_us) / 1000)
             link.answered += 1
         if not link.up and link.answered >= self.p.up_after:
             self._up(link, now)
         if first or not heard_us:
-            link.next_hello = now  # answer at once: the neighbor is waiting to hear us
+            link.hello_asap = True  # answer at once: the neighbor is waiting to hear us
 
     def _lsu(self, link: Link, lsu: wire.LinkStateUpdate, now: float) -> None:
-        acks = []
+        fl = link.flood
         for lsa in lsu.lsas:
             self.counters["lsa_in"] += 1
-            acks.append((lsa.origin, lsa.seq))
             if lsa.origin == self.id:
                 own = self.lsdb.lsas[self.id]
                 order = lsdbmod.compare(lsa, own)
                 if order == lsdbmod.NEWER and lsa.seq >= wire.MAX_SEQ - SEQ_HEADROOM:
                     # jumping there would leave too few numbers to originate with: refuse
                     self.counters["dropped.seq_exhausted"] += 1
+                    self.flooding.acknowledge(fl, lsa, now)
                 elif order == lsdbmod.NEWER:
                     # We restarted and the overlay remembers a newer self: jump past it.
+                    self.flooding.acknowledge(fl, lsa, now)
                     self.seq = max(self.seq, lsa.seq)
                     self._originate(now, force=True)
                 elif order == lsdbmod.OLDER:
-                    link.pending[self.id] = own
-                    link.fresh.add(self.id)
+                    self.flooding.queue(fl, own, now)
+                else:
+                    self.flooding.implicit(fl, lsa)
+                    self.flooding.acknowledge(fl, lsa, now)
                 continue
             limit = self._lsa_over_limit(lsa)
             if limit is not None:
@@ -404,18 +524,16 @@ class Node:
             if order == lsdbmod.NEWER:
                 before = self.lsdb.lsas.get(lsa.origin)
                 self.lsdb.install(lsa, now)
-                self._implicit_ack(link, lsa)
-                self._flood(lsa, exclude=link)
+                self.flooding.implicit(fl, lsa)
+                self.flooding.acknowledge(fl, lsa, now)
+                self._flood(lsa, now, exclude=link)
                 if before is None or _body(before) != _body(lsa):
                     self.routes_version += 1
             elif order == lsdbmod.SAME:
-                self._implicit_ack(link, lsa)
+                self.flooding.implicit(fl, lsa)
+                self.flooding.acknowledge(fl, lsa, now)
             else:
-                mine = self.lsdb.lsas[lsa.origin]
-                link.pending[lsa.origin] = mine
-                link.fresh.add(lsa.origin)
-        for pkt in wire.ack_packets(acks, instance=self.p.instance, sender=self.id):
-            self._send(link, pkt)
+                self.flooding.queue(fl, self.lsdb.lsas[lsa.origin], now)
 
     def _lsa_over_limit(self, lsa: wire.LSA) -> str | None:
         p = self.p
@@ -435,39 +553,39 @@ class Node:
         self.counters[f"dropped.limit_{what}"] += 1
         self.events.append(("limit.exceeded", {"limit": what, "link": who}))
 
-    @staticmethod
-    def _implicit_ack(link: Link, lsa: wire.LSA) -> None:
-        pending = link.pending.get(lsa.origin)
-        if pending is not None and pending.seq <= lsa.seq:
-            del link.pending[lsa.origin]
-            link.fresh.discard(lsa.origin)
-
-    def _ack(self, link: Link, ack: wire.LinkStateAck) -> None:
-        for origin, seq in ack.acks:
-            pending = link.pending.get(origin)
-            if pending is not None and pending.seq == seq:
-                del link.pending[origin]
-                link.fresh.discard(origin)
-
     # --- timers ---------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
+        heap = self._heap
+        due: list[Link] = []
+        while heap and heap[0][0] <= now:
+            when, _, link = heapq.heappop(heap)
+            if link.deadline == when and link.key in self.links:
+                link.deadline = -1.0  # filed again by _settle
+                due.append(link)
+        for link in due:
+            if link.state is not State.DOWN and now - link.last_rx > self.p.dead_interval:
+                self._down(link, now, "dead")
+            if link.hello_asap and self._usable(link):
+                self._send_hello(link, now)
+            self._touch(link)
         if now >= self._hello_round:
             # jitter (-15 %..0) so that hellos of many nodes do not synchronise
             self._hello_round = now + self.p.hello_interval * self.rng.uniform(0.85, 1.0)
-        for link in list(self.links.values()):
-            if not self._usable(link):
-                continue
-            if link.heard and now - link.last_rx > self.p.dead_interval:
-                self._down(link, now, "dead")
-            if now >= link.next_hello:
+            moved = False
+            for link in self.links.values():
+                if not self._usable(link):
+                    continue
+                if link.state is not State.DOWN and now - link.last_rx > self.p.dead_interval:
+                    self._down(link, now, "dead")
                 self._send_hello(link, now)
-            if link.pending and now >= link.next_rxmt:
-                link.fresh.update(link.pending)
-                if link.up:
-                    self.counters["lsa_retransmitted"] += len(link.pending)
-        if [l for l in self.links.values() if l.up and l.cost.update(l.measure(), now)]:
-            self._originate(now)  # a cost moved significantly
+                if link.up and link.cost.update(link.measure(), now):
+                    moved = True  # a cost moved significantly
+                self._touch(link)
+            if moved:
+                self._originate(now)
+        if now >= self._origination_due:
+            self._originate(now)
         if now >= self._next_refresh:
             self._originate(now, force=True)
         if now >= self._next_expire:
@@ -477,10 +595,11 @@ class Node:
             self.routes()  # refreshes the reachable set
             if self.lsdb.expire(now, self._reachable | {self.id}):
                 self.routes_version += 1
-        self._flush(now)
+        self._settle(now)
 
     def _send_hello(self, link: Link, now: float) -> None:
         link.tx_seq = (link.tx_seq + 1) & 0xFFFFFFFF
+        link.hello_asap = False
         heard = link.heard and link.peer_tx_us
         h = wire.Hello(
             seq=link.tx_seq, tx_us=_us(now),
@@ -490,35 +609,12 @@ class Node:
             metric=self._metric_code,
             state=(wire.HELLO_HEARD if heard else 0) | (wire.HELLO_UP if link.up else 0))
         self._send(link, wire.encode(h, instance=self.p.instance, sender=self.id))
-        link.next_hello = self._hello_round
-
-    def _flush(self, now: float) -> None:
-        for link in self.links.values():
-            if link.fresh and link.up and self._usable(link):
-                lsas = [link.pending[o] for o in sorted(link.fresh) if o in link.pending]
-                for pkt in wire.lsu_packets(lsas, instance=self.p.instance, sender=self.id):
-                    self._send(link, pkt)
-                self.counters["lsa_out"] += len(lsas)
-                link.next_rxmt = now + self.p.retransmit
-            link.fresh.clear()
 
     def _send(self, link: Link, pkt: bytes) -> None:
         if self.auth is not None:
             pkt = self.auth.seal(pkt)
         self.counters["packets_out"] += 1
         self.outbox.append((link, pkt))
-
-    def next_deadline(self) -> float:
-        t = min(self._next_expire, self._next_refresh)
-        for link in self.links.values():
-            if not self._usable(link):
-                continue
-            t = min(t, link.next_hello)
-            if link.heard:
-                t = min(t, link.last_rx + self.p.dead_interval + 1e-3)
-            if link.pending:
-                t = min(t, link.next_rxmt)
-        return t
 
     # --- routes ---------------------------------------------------------------------------------
 
@@ -527,47 +623,15 @@ class Node:
 
     def routes(self) -> RouteSet:
         if self._routes_at != self.routes_version:
-            result = self.spf()
-            self._reachable = set(result)
-            hops = self.nexthops_by_neighbor()
-            graph = self.lsdb.graph()
-            routes = node_routes(result, hops, prefsrc=self.p.prefsrc, multipath=self.p.multipath,
-                                 graph=graph, self_id=self.id,
-                                 tolerance=self.p.multipath_tolerance,
-                                 weights=self.p.multipath_weights)
-            for dst, route in prefix_routes(self.lsdb.lsas, self.id, routes, result).items():
-                routes.setdefault(dst, route)
-            group_dsts = self._group_routes(routes, result)
-            if 0 not in self.p.kernel_levels:  # group routes only
-                routes = {d: r for d, r in routes.items() if d in group_dsts}
-            self._routes = routes
+            out = assemble(self.lsdb.lsas, self.lsdb.graph(), self.id,
+                           self.nexthops_by_neighbor(), self.p.route_policy())
+            self._routes, self._reachable, self.group_choice = (out.routes, out.reachable,
+                                                                out.group_choice)
             self._routes_at = self.routes_version
         return self._routes
 
-    def _group_routes(self, routes: RouteSet, result) -> set[str]:
-        """Anycast (level 1), mapped multicast (level 2) and gateway routes, added to
-        ``routes`` (node and prefix routes win on a clash)."""
-        p = self.p
-        levels = set(p.kernel_levels)
-        if not levels & {1, 2, 3}:
-            self.group_choice = {}
-            return set()
-        ms = grp.members(self.lsdb.lsas, set(result) | {self.id})
-        group_routes, self.group_choice = grp.anycast_routes(
-            ms, result, routes, self.id, anypath=p.anypath, mappings=p.spines_mappings,
-            gateway_group=p.gateway_group, multicast_mapped=bool(levels & {2, 3}))
-        if levels & {1, 3}:
-            gw, chosen = grp.gateway_routes(ms, result, routes, self.id, p.gateway_group,
-                                            p.anypath)
-            group_routes.update(gw)
-            if chosen:
-                self.group_choice[p.gateway_group] = chosen
-        for dst, route in group_routes.items():
-            routes.setdefault(dst, route)
-        return set(group_routes)
-
     def group_members(self) -> dict[int, set[int]]:
-        return grp.members(self.lsdb.lsas, set(self.spf()) | {self.id})
+        return group_members(self.lsdb.lsas, set(self.spf()) | {self.id})
 
     def nexthops_by_neighbor(self) -> dict[int, list[NextHop]]:
         out: dict[int, list[tuple[int, NextHop]]] = {}

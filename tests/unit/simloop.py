@@ -48,7 +48,7 @@ class SimLoop(Loop):
 
     def run_once(self, max_wait: float = float("inf")) -> None:
         """Run what is ready; else jump the clock to the next timer (at most ``max_wait``)."""
-        if not self._ready and not self._threadsafe:
+        if not self._ready:
             timers = self._timers
             while timers and timers[0][2].cancelled:
                 heapq.heappop(timers)

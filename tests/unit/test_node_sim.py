@@ -96,7 +96,7 @@ def test_metric_mismatch_refuses_adjacency():
 def test_ecmp_square_with_multipath():
     sim = Sim(4, [(1, 2), (2, 4), (1, 3), (3, 4)], multipath=True)
     assert sim.run_until(lambda: sim.next_hop_node(1, 4) == {2, 3}, 2) is not None
-    single = Sim(4, [(1, 2), (2, 4), (1, 3), (3, 4)])
+    single = Sim(4, [(1, 2), (2, 4), (1, 3), (3, 4)], multipath=False)
     # all four links up, both paths known: still one next hop, the lowest neighbor id
     assert single.run_until(lambda: all(sum(l.up for l in n.links.values()) == 2
                                         for n in single.nodes.values()), 2) is not None
@@ -118,12 +118,14 @@ def test_garbage_is_counted_not_raised(ring):
 def test_twelve_node_grid_agrees_with_oracle():
     import networkx as nx
     edges = [(i, i + 1) for i in range(1, 12) if i % 4] + [(i, i + 4) for i in range(1, 9)]
-    sim = Sim(12, edges)
-    assert sim.run_until(lambda: converged(sim), 3) is not None
     g = nx.Graph(edges)
-    for b in range(2, 13):
-        want = {p[1] for p in nx.all_shortest_paths(g, 1, b)}
-        assert sim.next_hop_node(1, b) == {min(want)}
+    for multipath in (True, False):
+        sim = Sim(12, edges, multipath=multipath)
+        assert sim.run_until(lambda: converged(sim), 3) is not None
+        for b in range(2, 13):
+            want = {p[1] for p in nx.all_shortest_paths(g, 1, b)}
+            # multipath (the default): every first hop of a shortest path; else the lowest id
+            assert sim.next_hop_node(1, b) == (want if multipath else {min(want)})
 
 
 def test_loss_counts_only_what_was_expected():
