@@ -14,6 +14,14 @@ import collections
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests never judge wall-clock speed: on a loaded 2-core machine input generation and
+# examples are slower, which is no failure (the figures live in bench/).
+settings.register_profile("spines-kr", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow,
+                                                 HealthCheck.data_too_large])
+settings.load_profile("spines-kr")
 
 _caps = None
 _skipped_for: collections.Counter[str] = collections.Counter()

@@ -22,7 +22,6 @@ import ipaddress
 import os
 import time
 
-from spines_kr.config import ConfigError, check_group
 from spines_kr.daemon.emulation import LinkEmulation
 from spines_kr.routing import groups as grp
 
@@ -175,31 +174,12 @@ class Commands:
     # --- changes ----------------------------------------------------------------------------
 
     def join(self, group: str, joined: bool = True, origin: str = "control") -> dict:
-        """Join or leave a group; ValueError with the reason when it cannot be done."""
+        """Join or leave a group; ValueError with the reason when it cannot be done
+        (daemon.membership: routable groups only, at most ``max_own_groups``)."""
         d = self._d
-        try:
-            g = ipaddress.IPv4Address(group)
-        except ValueError:
-            raise ValueError(f"'{group}' is not an IPv4 address") from None
-        if joined:
-            try:
-                check_group(str(g), "group")
-            except ConfigError as e:
-                raise ValueError(str(e).removeprefix("group: ")) from None
-        node = d.node
-        now = d.loop.time()
-        if joined and int(g) not in node.groups and len(node.groups) >= d.cfg.max_own_groups:
-            d.counters["refused.own_groups"] += 1
-            if d.log_limit.allow(("groups.refused", origin), now):
-                d.log.warning("groups.refused", group=str(g), origin=origin,
-                              groups=len(node.groups), limit=d.cfg.max_own_groups,
-                              hint="max_own_groups bounds this node's groups")
-            raise ValueError(f"this node already belongs to {len(node.groups)} groups, the "
-                             f"limit (max_own_groups = {d.cfg.max_own_groups})")
-        changed = (node.join if joined else node.leave)(int(g), now)
-        d.sync_loopback()
+        result = d.membership.join(group, joined, d.loop.time(), origin)
         d.after_event()
-        return {"group": str(g), "member": joined, "changed": changed}
+        return result
 
     def setlink(self, req: dict) -> Pending:
         """Emulate bandwidth/latency/loss/burst on the link(s) from SOURCE (this node) to DEST.

@@ -10,9 +10,11 @@ earliest):
     interfaces   the interface table (daemon.interfaces), current from netlink events
     kernel_sync  desired routes -> our kernel slot (daemon.kernelsync), in the worker thread,
                  with the restart hold and retry backoff
+    membership   this node's own groups and their loopback addresses (daemon.membership)
     control      the control socket (daemon.control); Prometheus (daemon.prometheus), the
                  multicast part (daemon.multicast): all through ``commands`` (daemon.commands)
     slot         the lock on our (table, protocol, priority) slot (daemon.slot)
+    service      systemd: readiness, status, watchdog (daemon.service)
 Data flow: measure -> flood -> compute -> reconcile.  After every batch of input the daemon
 drains the engine's outbox and events and pokes the kernel sync (``after_event``).
 
@@ -56,14 +58,13 @@ from spines_kr.daemon.features import MAIN_TABLE, Plan
 from spines_kr.daemon.interfaces import Interfaces
 from spines_kr.daemon.kernelsync import KernelSync
 from spines_kr.daemon.loop import Deadline, Loop
+from spines_kr.daemon.membership import Membership
 from spines_kr.daemon.node import Node, Params
 from spines_kr.daemon.overlay import OverlaySocket
-from spines_kr.daemon.sdnotify import Notifier
+from spines_kr.daemon.service import Service
 from spines_kr.keys import KeyFileError, load_key_file
-from spines_kr.routing import groups as grp
 from spines_kr.wire.auth import KeyRing
 
-HEARTBEAT_S = 2.0  # STATUS= updates; WATCHDOG=1 at least twice per WatchdogSec
 MAX_READ_GAP = 0.1  # s: the overlay socket is read at least this often (engine ticks: 18/s)
 STALL_S = 5.0  # no engine tick for this long: the engine is stuck, the watchdog is not fed
 WORKER_STALL_S = 60.0  # one kernel job this long: stuck (netlink acks time out at 30 s)
@@ -92,7 +93,8 @@ class Daemon:
         self.plan = plan
         self.reload_config = reload_config  # () -> Config, re-reading the file (SIGHUP)
         self.loop = loop or Loop()
-        self.notify = Notifier()
+        self.service: Service | None = None
+        self.membership: Membership | None = None
         self.log = None
         self.started = time.monotonic()
         self.node: Node | None = None
@@ -101,7 +103,6 @@ class Daemon:
         self.kernel_sync: KernelSync | None = None
         self.slot = None
         self.rules = None
-        self.loopback = None
         self.multicast = None
         self.control = None
         self.metrics_server = None
@@ -112,7 +113,6 @@ class Daemon:
         self.log_limit = dlog.RateLimiter()  # per (event, key): no log storm on a flapping link
         self.last_tick = 0.0
         self.last_read = 0.0
-        self._last_status = ""
         self._unresolved_logged: dict[str, str] = {}
         self._stopping = False
 
@@ -122,6 +122,8 @@ class Daemon:
         cfg = self.cfg
         self.log = dlog.setup(cfg.log_level, cfg.log_format, cfg.log_file)
         self.loop.on_error = self._on_error
+        self.service = Service(self.loop, self.log, self.log_limit, self._status_line,
+                               self.healthy)
         try:
             self._open()
         except StartError as e:
@@ -143,13 +145,13 @@ class Daemon:
         if cfg.exit_after is not None:
             loop.call_later(cfg.exit_after, self.stop)
         self.after_event()
-        self.notify.ready(self._status_line())
-        self._heartbeat()
+        self.service.ready()
+        self.service.start()
         try:
             loop.run()
         finally:
             self.log.info("daemon.stopping")
-            self.notify.send("STOPPING=1")
+            self.service.stopping()
             self._shutdown()
             loop.close()
         return ExitCode.OK
@@ -228,15 +230,18 @@ class Daemon:
         if cfg.kernel_routing:
             self._open_kernel_sync()
         self._resolve_neighbors(now)
+        loopback = None
         if cfg.kernel_levels:
             from spines_kr.netlink.addresses import LoopbackAddresses
 
-            self.loopback = LoopbackAddresses(cfg.route_protocol)
+            loopback = LoopbackAddresses(cfg.route_protocol)
+        self.membership = Membership(cfg, self.node, loopback, self.log, self.log_limit,
+                                     self.counters)
         if self.plan.multicast == "kernel":
             self._open_multicast()
         for g in cfg.groups:
             self.node.join(int(ipaddress.IPv4Address(g)), now)
-        self.sync_loopback()
+        self.membership.sync_loopback()
         if cfg.metrics_listen:
             from spines_kr.daemon import prometheus
 
@@ -346,11 +351,8 @@ class Daemon:
                     self.rules.remove()
                 except OSError as e:
                     self.log.error("rules.remove_failed", error=str(e))
-            if self.loopback is not None:
-                try:
-                    self.loopback.sync(set())
-                except OSError as e:
-                    self.log.error("groups.loopback_failed", error=str(e))
+            if self.membership is not None:
+                self.membership.clear()
         elif ks is not None:
             self.log.info("routes.kept", routes=len(ks.installed),
                           reason="keep_routes: the next daemon takes them over")
@@ -360,7 +362,7 @@ class Daemon:
             removed = kernel_emulation.clear_all(self.cfg.port)
             self.log.info("link.emulation_cleared", removed=removed)
         self._close()
-        self.notify.close()
+        self.service.close()
         self.log.info("daemon.stopped")
 
     def _close(self) -> None:
@@ -369,7 +371,7 @@ class Daemon:
                 part.close()
         self.control = self.metrics_server = None
         for obj in (self.overlay, self.interfaces, self.kernel_sync and
-                    self.kernel_sync.reconciler.kernel, self.rules, self.loopback,
+                    self.kernel_sync.reconciler.kernel, self.rules, self.membership,
                     self.multicast, self.slot):
             if obj:
                 try:
@@ -522,27 +524,6 @@ class Daemon:
 
     # --- commands' helpers ------------------------------------------------------------------
 
-    def _delivered_locally(self) -> set[str]:
-        """Addresses this node puts on lo: its anycast groups at level 1 (not at level 3,
-        Spines' "without edge"), mapped when Spines' mappings are on."""
-        levels = set(self.cfg.kernel_levels)
-        if 1 not in levels or 3 in levels:
-            return set()
-        return {grp.mapped_dst(g, self.cfg.spines_mappings).split("/")[0]
-                for g in self.node.groups
-                if grp.is_anycast(g) and g != self.node.p.gateway_group}
-
-    def sync_loopback(self) -> None:
-        if self.loopback is None:
-            return
-        try:
-            added, removed = self.loopback.sync(self._delivered_locally())
-        except OSError as e:
-            self.log.error("groups.loopback_failed", error=str(e))
-            return
-        if added or removed:
-            self.log.info("groups.loopback", added=added, removed=removed)
-
     def apply_emulation(self, link, values: dict, done) -> None:
         """Shape the kernel's traffic over the link device (tc, nftables) in the worker thread;
         ``done(applied, error)`` on the loop."""
@@ -567,32 +548,15 @@ class Daemon:
         return (f"{up}/{len(node.links)} neighbors up, {len(node.lsdb)} nodes, "
                 f"{installed} routes installed{hold}")
 
-    def healthy(self) -> bool:
-        """The engine's timers run and the kernel worker is not stuck."""
-        now = self.loop.time()
-        if now - self.last_tick > STALL_S:
-            return False
+    def healthy(self) -> tuple[bool, str]:
+        """(ok, why not): the engine's timers run and the kernel worker is not stuck."""
+        since = self.loop.time() - self.last_tick
+        if since > STALL_S:
+            return False, f"no engine tick for {since:.1f} s"
         started = self.loop.worker.busy_since
-        return started is None or time.monotonic() - started < WORKER_STALL_S
-
-    def _heartbeat(self) -> None:
-        loop = self.loop
-        for (event, key), n in self.log_limit.summaries(loop.time()):
-            self.log.warning("log.suppressed", suppressed_event=event, key=str(key), count=n,
-                             window_s=self.log_limit.window)
-        status = self._status_line()
-        if status != self._last_status:
-            self.notify.status(status)
-            self._last_status = status
-        if self.notify.watchdog_s:
-            if self.healthy():
-                self.notify.watchdog()
-            else:
-                self.log.error("daemon.stalled", last_tick_s=round(loop.time() - self.last_tick, 3),
-                               action="watchdog not fed")
-        period = HEARTBEAT_S if not self.notify.watchdog_s else min(HEARTBEAT_S,
-                                                                   self.notify.watchdog_s / 2)
-        loop.call_later(period, self._heartbeat)
+        if started is not None and time.monotonic() - started > WORKER_STALL_S:
+            return False, f"a kernel job running for {time.monotonic() - started:.0f} s"
+        return True, ""
 
     def _reload(self) -> None:
         """SIGHUP: re-read the configuration and apply what can change without a restart
@@ -603,13 +567,12 @@ class Daemon:
         if self.reload_config is None:
             self.log.warning("config.reload_ignored", reason="no configuration to re-read")
             return
-        self.notify.send("RELOADING=1",
-                         f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        self.service.reloading()
         try:
             new = self.reload_config()
         except ConfigError as e:
             self.log.error("config.reload_failed", error=str(e), action="kept the running config")
-            self.notify.ready(self._status_line())
+            self.service.ready()
             return
         old = self.cfg
         kept = [k for k in RESTART_ONLY if getattr(old, k) != getattr(new, k)]
@@ -617,6 +580,7 @@ class Daemon:
         changed = [f.name for f in dataclasses.fields(new)
                    if getattr(old, f.name) != getattr(new, f.name)]
         self.cfg = new
+        self.membership.cfg = new
         now = self.loop.time()
         node = self.node
         node.reconfigure(Params.from_config(new, node.p.prefsrc), now)
@@ -628,7 +592,7 @@ class Daemon:
             node.leave(int(ipaddress.IPv4Address(g)), now)
         for g in set(new.groups) - set(old.groups):
             node.join(int(ipaddress.IPv4Address(g)), now)
-        self.sync_loopback()
+        self.membership.sync_loopback()
         if node.auth is not None and new.key_file:
             try:
                 node.auth.keys, node.auth.send_id = load_key_file(new.key_file)
@@ -638,7 +602,7 @@ class Daemon:
             self.log = dlog.setup(new.log_level, new.log_format, new.log_file)
         self.log.info("config.reloaded", changed=changed, needs_restart=kept)
         self.after_event()
-        self.notify.ready(self._status_line())
+        self.service.ready()
 
 
 def run(cfg: Config, caps, plan: Plan, reload_config=None) -> int:

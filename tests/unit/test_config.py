@@ -172,19 +172,38 @@ def test_setlink_port_out_of_range_is_a_usage_error(capsys):
     assert "99999" in err and "1..65535" in err
 
 
-def test_join_of_a_link_local_group_is_refused():
-    from spines_kr.daemon.features import Plan
-    from spines_kr.daemon.main import Daemon
-    from spines_kr.netlink.capabilities import Capabilities
+def test_joins_are_checked_and_bounded():
+    """Own groups: routable ones only, at most max_own_groups; refusals counted, logged once."""
+    from collections import Counter
 
-    d = Daemon(config.build({"logical_id": "10.0.0.1", "auth": "none"}), Capabilities({}), Plan())
-    try:
-        with pytest.raises(ValueError, match="link-local"):
-            d.commands.join("224.0.0.1")
-        with pytest.raises(ValueError, match="not an IPv4 address"):
-            d.commands.join("nope")
-    finally:
-        d.loop.close()
+    from spines_kr.daemon.logging import RateLimiter
+    from spines_kr.daemon.membership import Membership
+    from spines_kr.daemon.node import Node, Params
+
+    cfg = config.build({"logical_id": "10.0.0.1", "auth": "none", "max_own_groups": 2})
+    node = Node(Params.from_config(cfg), 0.0)
+    logged = []
+
+    class Log:
+        def __getattr__(self, level):
+            return lambda event, **f: logged.append(event)
+
+    counters = Counter()
+    m = Membership(cfg, node, None, Log(), RateLimiter(), counters)
+    with pytest.raises(ValueError, match="link-local"):
+        m.join("224.0.0.1", True, 0.0)
+    with pytest.raises(ValueError, match="not an IPv4 address"):
+        m.join("nope", True, 0.0)
+    assert m.join("239.1.1.1", True, 0.0)["changed"]
+    assert m.join("240.1.1.1", True, 0.0)["changed"]
+    assert not m.join("239.1.1.1", True, 0.0)["changed"]  # already: no limit involved
+    for i in range(50):
+        with pytest.raises(ValueError, match="max_own_groups = 2"):
+            m.join(f"239.2.0.{i + 1}", True, 0.0)
+    assert counters["refused.own_groups"] == 50 and logged.count("groups.refused") <= 5
+    assert len(node.groups) == 2
+    assert m.join("239.1.1.1", False, 0.0)["changed"]  # a leave makes room
+    assert m.join("239.2.0.1", True, 0.0)["changed"]
 
 
 def test_unreachable_daemon_is_told_apart_from_a_refused_one(tmp_path):

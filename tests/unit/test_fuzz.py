@@ -1048,6 +1048,7 @@ class StandInDaemon:
         from spines_kr import config
         from spines_kr.daemon import logging as dlog
         from spines_kr.daemon.features import Plan
+        from spines_kr.daemon.membership import Membership
         from spines_kr.netlink.capabilities import Capabilities
 
         self.cfg = config.build({"logical_id": str(ipaddress.IPv4Address(SELF_ID)),
@@ -1062,9 +1063,8 @@ class StandInDaemon:
         self.loop = SimpleNamespace(time=lambda: 1.0, errors={})
         self.log, self.log_limit = _NoLog(), dlog.RateLimiter()
         self.caps, self.plan, self.started = Capabilities({}), Plan(), 0.0
-
-    def sync_loopback(self) -> None:
-        pass
+        self.membership = Membership(self.cfg, self.node, None, self.log, self.log_limit,
+                                     self.counters)
 
     def after_event(self) -> None:
         pass

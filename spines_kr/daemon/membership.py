@@ -1,0 +1,83 @@
+"""This node's own groups: joins and leaves, their limit, and the addresses they put on lo.
+
+Data model (``Membership``): the engine holds the groups (they travel in our LSA); this part
+decides whether a join may happen (a routable group, at most ``max_own_groups``: a refusal is
+counted as ``refused.own_groups`` and logged once a minute per origin with a count), and keeps
+the loopback addresses of the groups this node delivers locally in step (``netlink.addresses``:
+anycast groups at kernel level 1, not at level 3, Spines' "without edge"; mapped when Spines'
+mappings are on).
+
+Entry points: ``Membership(cfg, engine, loopback, log, log_limit, counters)``,
+``join(group, joined, now, origin) -> dict`` (ValueError with the reason), ``sync_loopback()``,
+``close()`` (and ``clear()`` at exit: our addresses off lo).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from spines_kr.config import ConfigError, check_group
+from spines_kr.routing import groups as grp
+
+
+class Membership:
+    def __init__(self, cfg, engine, loopback, log, log_limit, counters) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.loopback = loopback  # netlink.addresses.LoopbackAddresses, or None (no kernel levels)
+        self.log = log
+        self.log_limit = log_limit
+        self.counters = counters
+        self.counters.setdefault("refused.own_groups", 0)
+
+    def join(self, group: str, joined: bool, now: float, origin: str = "control") -> dict:
+        """Join or leave a group; ValueError with the reason when it cannot be done."""
+        try:
+            g = ipaddress.IPv4Address(group)
+        except ValueError:
+            raise ValueError(f"'{group}' is not an IPv4 address") from None
+        if joined:
+            try:
+                check_group(str(g), "group")
+            except ConfigError as e:
+                raise ValueError(str(e).removeprefix("group: ")) from None
+        node, limit = self.engine, self.cfg.max_own_groups
+        if joined and int(g) not in node.groups and len(node.groups) >= limit:
+            self.counters["refused.own_groups"] += 1
+            if self.log_limit.allow(("groups.refused", origin), now):
+                self.log.warning("groups.refused", group=str(g), origin=origin,
+                                 groups=len(node.groups), limit=limit,
+                                 hint="max_own_groups bounds this node's groups")
+            raise ValueError(f"this node already belongs to {len(node.groups)} groups, the "
+                             f"limit (max_own_groups = {limit})")
+        changed = (node.join if joined else node.leave)(int(g), now)
+        self.sync_loopback()
+        return {"group": str(g), "member": joined, "changed": changed}
+
+    def delivered_locally(self) -> set[str]:
+        levels = set(self.cfg.kernel_levels)
+        if 1 not in levels or 3 in levels:
+            return set()
+        return {grp.mapped_dst(g, self.cfg.spines_mappings).split("/")[0]
+                for g in self.engine.groups
+                if grp.is_anycast(g) and g != self.engine.p.gateway_group}
+
+    def sync_loopback(self, wanted: set[str] | None = None) -> None:
+        if self.loopback is None:
+            return
+        try:
+            added, removed = self.loopback.sync(self.delivered_locally() if wanted is None
+                                                else wanted)
+        except OSError as e:
+            self.log.error("groups.loopback_failed", error=str(e))
+            return
+        if added or removed:
+            self.log.info("groups.loopback", added=added, removed=removed)
+
+    def clear(self) -> None:
+        """At exit: our group addresses off lo."""
+        self.sync_loopback(set())
+
+    def close(self) -> None:
+        if self.loopback is not None:
+            self.loopback.close()
