@@ -281,7 +281,11 @@ def cmd_join(args) -> int:
     if d is None:
         return 1
     state = "member of" if d["member"] else "not a member of"
-    print(f"{state} {d['group']}" + ("" if d["changed"] else " (already)"))
+    others = [h for h in d.get("held_by", []) if h != "control"]
+    note = "" if d["changed"] else " (already)"
+    if not d["member"] or others:
+        note += f" (also held by: {', '.join(others)})" if others else ""
+    print(f"{state} {d['group']}{note}")
     return 0
 
 

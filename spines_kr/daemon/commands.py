@@ -10,6 +10,9 @@ Entry point: ``Commands(daemon)`` (built by the daemon once its parts are open).
     for the multicast part:       engine (the protocol engine, read only), interfaces (read
                                   only), prefixes, link_is_up(ifindex), join/leave as above
                                   with origin "igmp", log, time()
+    for client sessions:          logical_id(), traceroute(dst), edistance(group),
+                                  members(group) (Spines' TRACEROUTE, EDISTANCE and MEMBERSHIP),
+                                  join/leave with origin "session:<id>", setlink
 
 Own groups are bounded where they are created (``max_own_groups``): a join beyond the limit is
 refused, counted (``refused.own_groups``) and logged once per minute with a count, so a LAN
@@ -54,6 +57,21 @@ class Pending:
     @property
     def value(self):
         return self._value
+
+
+def _hops_from(graph, source: int) -> dict[int, int]:
+    """Hop counts from ``source`` over the LSDB graph (breadth first)."""
+    seen = {source: 0}
+    frontier = [source]
+    while frontier:
+        nxt = []
+        for n in frontier:
+            for m in graph.get(n, {}):
+                if m not in seen:
+                    seen[m] = seen[n] + 1
+                    nxt.append(m)
+        frontier = nxt
+    return seen
 
 
 def _ip(n: int | None) -> str | None:
@@ -162,6 +180,58 @@ class Commands:
                         "route_to": [_ip(m) for m in node.group_choice.get(g, [])],
                         "route_dst": grp.mapped_dst(g, self._d.cfg.spines_mappings)
                         if kind != "gateway" else "0.0.0.0/0"})
+        return out
+
+    # --- overlay queries of client sessions (Spines' TRACEROUTE, EDISTANCE, MEMBERSHIP) -----
+
+    def logical_id(self) -> int:
+        return self._d.node.id
+
+    def traceroute(self, dst: int) -> list[tuple[int, int, int]]:
+        """The overlay path from this node to node ``dst`` (or to the nearest member of group
+        ``dst``): [(node, hops from here, path cost from here)], this node first; [] when
+        unreachable."""
+        node = self._d.node
+        graph = node.lsdb.graph()
+        from spines_kr.routing.spf import spf
+
+        result = spf(graph, node.id)
+        target = dst
+        if dst not in result and dst != node.id:
+            members = node.group_members().get(dst, set())
+            reach = [m for m in members if m in result or m == node.id]
+            if not reach:
+                return []
+            target = min(reach, key=lambda m: (0 if m == node.id else result[m][0], m))
+        path = [target]
+        while path[-1] != node.id:  # walk back along predecessors of the shortest path
+            here = path[-1]
+            cost_here = result[here][0]
+            prev = min((p for p, adj in graph.items() if here in adj
+                        and (p == node.id or p in result)
+                        and (0 if p == node.id else result[p][0]) + adj[here] == cost_here),
+                       default=None)
+            if prev is None or prev in path:
+                return []
+            path.append(prev)
+        path.reverse()
+        return [(n, i, 0 if n == node.id else result[n][0]) for i, n in enumerate(path)]
+
+    def members(self, group: int) -> list[int]:
+        return sorted(self._d.node.group_members().get(group, set()))
+
+    def edistance(self, group: int) -> list[tuple[int, int, int]]:
+        """For every reachable node: the largest hop distance from it to a member of
+        ``group`` (Spines' EDISTANCE): [(node, distance, 0)]."""
+        node = self._d.node
+        graph = node.lsdb.graph()
+        members = set(node.group_members().get(group, set()))
+        out = []
+        for n in sorted({node.id, *graph}):
+            hops = _hops_from(graph, n)
+            dist = [hops[m] for m in members if m in hops]
+            if dist:
+                out.append((n, max(dist), 0))
         return out
 
     VIEWS = ("status", "neighbors", "links", "routes", "topology", "groups")

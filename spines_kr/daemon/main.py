@@ -44,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import errno
-import ipaddress
 import random
 import signal
 import sys
@@ -240,8 +239,7 @@ class Daemon:
         if self.plan.multicast == "kernel":
             self._open_multicast()
         for g in cfg.groups:
-            self.node.join(int(ipaddress.IPv4Address(g)), now)
-        self.membership.sync_loopback()
+            self.membership.join(g, True, now, origin="config")
         if cfg.metrics_listen:
             from spines_kr.daemon import prometheus
 
@@ -589,10 +587,9 @@ class Daemon:
                 node.remove_link(key, now)
         self._resolve_neighbors(now)
         for g in set(old.groups) - set(new.groups):
-            node.leave(int(ipaddress.IPv4Address(g)), now)
+            self.membership.join(g, False, now, origin="config")
         for g in set(new.groups) - set(old.groups):
-            node.join(int(ipaddress.IPv4Address(g)), now)
-        self.membership.sync_loopback()
+            self.membership.join(g, True, now, origin="config")
         if node.auth is not None and new.key_file:
             try:
                 node.auth.keys, node.auth.send_id = load_key_file(new.key_file)

@@ -1,8 +1,12 @@
 """This node's own groups: joins and leaves, their limit, and the addresses they put on lo.
 
 Data model (``Membership``): the engine holds the groups (they travel in our LSA); this part
-decides whether a join may happen (a routable group, at most ``max_own_groups``: a refusal is
-counted as ``refused.own_groups`` and logged once a minute per origin with a count), and keeps
+keeps who holds each group (``holders``: group -> origins such as "config", "control" for
+``spines-kr join``, "igmp" for the hosts of our LANs, "session:<id>" for a client session): the
+node is a member while anyone holds the group, so a session leaving does not undo an explicit
+join.  It decides whether a join may happen (a routable group, at most ``max_own_groups``: a
+refusal is counted as ``refused.own_groups`` and logged once a minute per origin with a count),
+and keeps
 the loopback addresses of the groups this node delivers locally in step (``netlink.addresses``:
 anycast groups at kernel level 1, not at level 3, Spines' "without edge"; mapped when Spines'
 mappings are on).
@@ -29,9 +33,11 @@ class Membership:
         self.log_limit = log_limit
         self.counters = counters
         self.counters.setdefault("refused.own_groups", 0)
+        self.holders: dict[int, set[str]] = {}
 
     def join(self, group: str, joined: bool, now: float, origin: str = "control") -> dict:
-        """Join or leave a group; ValueError with the reason when it cannot be done."""
+        """``origin`` joins or leaves a group; ValueError with the reason when it cannot be
+        done.  ``changed``: whether the node's own membership changed."""
         try:
             g = ipaddress.IPv4Address(group)
         except ValueError:
@@ -50,9 +56,25 @@ class Membership:
                                  hint="max_own_groups bounds this node's groups")
             raise ValueError(f"this node already belongs to {len(node.groups)} groups, the "
                              f"limit (max_own_groups = {limit})")
-        changed = (node.join if joined else node.leave)(int(g), now)
+        key = int(g)
+        holders = self.holders.setdefault(key, set())
+        if joined:
+            holders.add(origin)
+            changed = node.join(key, now)
+        else:
+            holders.discard(origin)
+            changed = False
+            if not holders:
+                del self.holders[key]
+                changed = node.leave(key, now)
         self.sync_loopback()
-        return {"group": str(g), "member": joined, "changed": changed}
+        return {"group": str(g), "member": key in node.groups, "changed": changed,
+                "held_by": sorted(self.holders.get(key, ()))}
+
+    def leave_all(self, origin: str, now: float) -> None:
+        """``origin`` (a closed session) lets go of every group it held."""
+        for key in [g for g, h in self.holders.items() if origin in h]:
+            self.join(str(ipaddress.IPv4Address(key)), False, now, origin)
 
     def delivered_locally(self) -> set[str]:
         levels = set(self.cfg.kernel_levels)

@@ -95,7 +95,7 @@ class Multicast:
         if not grp.is_joinable(g):
             return  # link-local groups are never routed
         lans = self.igmp.get(g, set())
-        if rep.joined and not lans and g not in self.c.engine.groups:
+        if rep.joined and not lans:
             try:  # bounded: a LAN full of reports cannot grow our LSA past max_own_groups
                 self.c.join(rep.group, True, origin="igmp")
             except ValueError:
@@ -111,7 +111,7 @@ class Multicast:
                         joined=rep.joined, ifindex=rep.ifindex)
         if not lans and g in self.proxied:
             self.proxied.discard(g)
-            self.c.join(rep.group, False, origin="igmp")  # an explicit join stays
+            self.c.join(rep.group, False, origin="igmp")  # other holders (a join) keep it
 
     # --- entries --------------------------------------------------------------------------------
 
