@@ -174,6 +174,9 @@ class Config:
                                   help="groups this node may belong to (config, join, IGMP)")
     max_own_prefixes: int = setting(256, kind="int", lo=0, hi=4096,
                                     help="prefixes this node may announce")
+    data_plane: bool = setting(True, "--data-plane", kind="bool", reload=False,
+                               help="client sessions and the data port (overlay port + 1); "
+                                    "--no-data-plane for a routing-only daemon")
     metrics_listen: str = setting("", "--metrics-listen", kind="str", reload=False,
                                   metavar="ADDR:PORT",
                                   help="serve Prometheus metrics there (off by default)")
@@ -425,7 +428,7 @@ def add_flags(parser) -> None:
         if s.metavar:
             kw["metavar"] = s.metavar
         if s.kind == "bool":
-            if name == "multipath":
+            if name in ("multipath", "data_plane"):
                 kw["action"] = argparse.BooleanOptionalAction
             else:
                 kw.update(action="store_const", const=True)

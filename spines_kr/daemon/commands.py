@@ -121,6 +121,11 @@ class Commands:
             counters.update(ks.stats)
         counters.update({f"errors.{k}": v for k, v in d.loop.errors.items()})
         counters["loop_wakeups"] = getattr(d.loop, "wakeups", 0)
+        data = {}
+        if getattr(d, "forwarding", None) is not None:
+            data["forwarding"] = d.forwarding.status()
+        if getattr(d, "sessions", None) is not None:
+            data["sessions"] = d.sessions.status()
         return {
             "logical_id": d.cfg.logical_id, "port": d.cfg.port, "metric": d.cfg.metric,
             "kernel_levels": list(d.cfg.kernel_levels), "pid": os.getpid(),
@@ -135,6 +140,7 @@ class Commands:
                      else f"hmac-sha256, key {node.auth.send_id}, {len(node.auth.keys)} accepted"),
             "route_protocol": d.cfg.route_protocol, "groups": len(node.groups),
             "counters": counters, "lsa_seq": node.seq, "now": round(d.loop.time(), 3),
+            **({"data_plane": data} if data else {}),
         }
 
     def neighbors(self) -> list[dict]:

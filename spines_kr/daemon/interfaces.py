@@ -3,6 +3,7 @@
 Data model (``Interfaces``):
     names       ifindex -> device name
     up          ifindex -> administratively up with carrier (IFF_UP and IFF_LOWER_UP)
+    mtu         ifindex -> the device's MTU
     addresses   sorted (ifindex, address, prefixlen) of every local IPv4 address
 ``read()`` turns the pending kernel notifications into one ``Changes`` value: links whose state
 or name moved, whether addresses moved, deleted routes (dst, table, protocol) for the kernel
@@ -38,6 +39,7 @@ class Interfaces:
         self.watch = watch
         self.names: dict[int, str] = {}
         self.up: dict[int, bool] = {}
+        self.mtu: dict[int, int] = {}
         self.addresses: list[tuple[int, str, int]] = []
 
     def fileno(self) -> int:
@@ -56,6 +58,7 @@ class Interfaces:
         moved = [(i, l.name, l.up) for i, l in links.items() if self.up.get(i) != l.up]
         self.names = {i: l.name for i, l in links.items()}
         self.up = {i: l.up for i, l in links.items()}
+        self.mtu = {i: l.mtu for i, l in links.items()}
         self.addresses = self.reader.local_addresses()
         return moved
 
@@ -67,6 +70,8 @@ class Interfaces:
                     ch.links.append((ev.ifindex, ev.name, ev.up))
                 self.up[ev.ifindex] = ev.up
                 self.names[ev.ifindex] = ev.name
+                if ev.mtu:
+                    self.mtu[ev.ifindex] = ev.mtu
             elif isinstance(ev, nlevents.AddrEvent):
                 ch.addresses = True
             elif isinstance(ev, nlevents.RouteEvent):

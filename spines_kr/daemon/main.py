@@ -11,6 +11,9 @@ earliest):
     kernel_sync  desired routes -> our kernel slot (daemon.kernelsync), in the worker thread,
                  with the restart hold and retry backoff
     membership   this node's own groups and their loopback addresses (daemon.membership)
+    forwarding   client messages between daemons (dataplane.forward): the data port, read at
+                 once (data is latency-bound, unlike the control plane's batched reads)
+    sessions     libspines client sessions (dataplane.sessions)
     control      the control socket (daemon.control); Prometheus (daemon.prometheus), the
                  multicast part (daemon.multicast): all through ``commands`` (daemon.commands)
     slot         the lock on our (table, protocol, priority) slot (daemon.slot)
@@ -103,6 +106,8 @@ class Daemon:
         self.slot = None
         self.rules = None
         self.multicast = None
+        self.forwarding = None
+        self.sessions = None
         self.control = None
         self.metrics_server = None
         self.commands = Commands(self)
@@ -238,6 +243,8 @@ class Daemon:
                                      self.counters)
         if self.plan.multicast == "kernel":
             self._open_multicast()
+        if cfg.data_plane:
+            self._open_data_plane()
         for g in cfg.groups:
             self.membership.join(g, True, now, origin="config")
         if cfg.metrics_listen:
@@ -303,6 +310,38 @@ class Daemon:
             on_synced=self._after_sync)
         self.kernel_sync.start(writer.dump())
 
+    def _open_data_plane(self) -> None:
+        from spines_kr.dataplane.forward import Forwarding
+
+        auth = None
+        if self.node.auth is not None:  # data has its own counters and replay windows
+            auth = KeyRing(self.node.auth.keys, self.node.auth.send_id,
+                           boot=self.node.auth.boot)
+        self.forwarding = Forwarding(self.loop, self.cfg, self.node, self.interfaces,
+                                     self.kernel_sync, auth, self.log)
+        try:
+            self.forwarding.open()
+        except OSError as e:
+            self.forwarding = None
+            raise StartError(f"data port {self.cfg.port + 1}: {e.strerror or e} (another "
+                             f"daemon of this overlay on this host?)") from None
+        self._open_sessions()
+
+    def _open_sessions(self) -> None:
+        """Client sessions (dataplane.sessions), when that part is there."""
+        try:
+            from spines_kr.dataplane.sessions import Sessions
+        except ImportError:
+            return
+        self.sessions = Sessions(self.loop, self.commands, self.cfg, self.log,
+                                 self.forwarding.send)
+        self.forwarding.attach(self.sessions)
+        try:
+            self.sessions.open()
+        except OSError as e:
+            raise StartError(f"client sessions ({self.cfg.ipc_path}): {e.strerror or e}") \
+                from None
+
     def _open_multicast(self) -> None:
         from spines_kr.daemon.multicast import Multicast
         from spines_kr.netlink.mroute import MrouteError, MulticastRouter
@@ -364,10 +403,10 @@ class Daemon:
         self.log.info("daemon.stopped")
 
     def _close(self) -> None:
-        for part in (self.control, self.metrics_server):
+        for part in (self.sessions, self.forwarding, self.control, self.metrics_server):
             if part is not None:
                 part.close()
-        self.control = self.metrics_server = None
+        self.sessions = self.forwarding = self.control = self.metrics_server = None
         for obj in (self.overlay, self.interfaces, self.kernel_sync and
                     self.kernel_sync.reconciler.kernel, self.rules, self.membership,
                     self.multicast, self.slot):
@@ -595,6 +634,9 @@ class Daemon:
                 node.auth.keys, node.auth.send_id = load_key_file(new.key_file)
             except KeyFileError as e:
                 self.log.error("config.reload_failed", error=str(e), action="kept the old keys")
+            if self.forwarding is not None and self.forwarding.auth is not None:
+                self.forwarding.auth.keys = node.auth.keys
+                self.forwarding.auth.send_id = node.auth.send_id
         if new.log_level != old.log_level:
             self.log = dlog.setup(new.log_level, new.log_format, new.log_file)
         self.log.info("config.reloaded", changed=changed, needs_restart=kept)

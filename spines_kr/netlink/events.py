@@ -1,7 +1,7 @@
 """Kernel notifications of links, IPv4 addresses and IPv4 routes, as plain values.
 
 Data model (what ``KernelWatch.read()`` returns, in kernel order):
-    LinkEvent(ifindex, name, up)                   RTM_NEWLINK / RTM_DELLINK; up = IFF_UP and
+    LinkEvent(ifindex, name, up, mtu)              RTM_NEWLINK / RTM_DELLINK; up = IFF_UP and
                                                    IFF_LOWER_UP (carrier), False once deleted
     AddrEvent(ifindex, address, prefixlen, added)  RTM_NEWADDR / RTM_DELADDR (IPv4)
     RouteEvent(dst, table, protocol, deleted)      RTM_NEWROUTE / RTM_DELROUTE (IPv4), of every
@@ -42,6 +42,7 @@ class LinkEvent:
     ifindex: int
     name: str
     up: bool
+    mtu: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,7 @@ def decode_event(mtype: int, payload: bytes) -> Event | None:
 def _decode_event(mtype: int, payload: bytes) -> Event | None:
     if mtype in (RTM_NEWLINK, RTM_DELLINK):
         link = decode_link(payload, mtype)
-        return LinkEvent(link.ifindex, link.name, link.up and mtype == RTM_NEWLINK)
+        return LinkEvent(link.ifindex, link.name, link.up and mtype == RTM_NEWLINK, link.mtu)
     if mtype in (RTM_NEWADDR, RTM_DELADDR):
         addr = decode_addr(payload, mtype)
         return None if addr is None else AddrEvent(*addr[1:], added=mtype == RTM_NEWADDR)

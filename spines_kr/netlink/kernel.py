@@ -91,7 +91,7 @@ RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
 RT_TABLE_UNSPEC, RT_TABLE_MAIN = 0, 254
 RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x10, 0x40
 # linux/if_link.h, linux/if.h, linux/if_addr.h
-IFLA_IFNAME = 3
+IFLA_IFNAME, IFLA_MTU = 3, 4
 IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
 UP = IFF_UP | IFF_LOWER_UP
 IFA_ADDRESS, IFA_LOCAL = 1, 2
@@ -115,6 +115,7 @@ class LinkState:
     ifindex: int
     name: str
     up: bool  # administratively up (IFF_UP) and carrier present (IFF_LOWER_UP)
+    mtu: int = 0  # IFLA_MTU (0: not reported)
 
 
 # --- codec ------------------------------------------------------------------------------------
@@ -183,8 +184,11 @@ def decode_link(payload: bytes, mtype: int = RTM_NEWLINK) -> LinkState:
     if len(payload) < IFINFOMSG.size:
         raise ValueError("malformed netlink message: ifinfomsg too short")
     _family, _type, index, flags, _change = IFINFOMSG.unpack_from(payload)
-    name = parse_attrs(payload, IFINFOMSG.size).get(IFLA_IFNAME, b"")
-    return LinkState(index, name.split(b"\0")[0].decode(errors="replace"), (flags & UP) == UP)
+    attrs = parse_attrs(payload, IFINFOMSG.size)
+    name = attrs.get(IFLA_IFNAME, b"")
+    mtu = attrs.get(IFLA_MTU, b"")
+    return LinkState(index, name.split(b"\0")[0].decode(errors="replace"), (flags & UP) == UP,
+                     U32.unpack(mtu)[0] if len(mtu) == 4 else 0)
 
 
 def decode_addr(payload: bytes, mtype: int = RTM_NEWADDR) -> tuple[int, int, str, int] | None:

@@ -267,21 +267,25 @@ class LinkStateAck(Message):
 
 
 def encode(msg: Message, *, instance: int, sender: int, trailer: bytes = b"") -> bytes:
-    body = msg.encode_body()
+    return encode_raw(msg.TYPE, msg.encode_body(), instance=instance, sender=sender,
+                      trailer=trailer)
+
+
+def encode_raw(mtype: int, body: bytes, *, instance: int, sender: int,
+               trailer: bytes = b"") -> bytes:
+    """A packet of type ``mtype`` around an encoded body (wire.data uses it for DATA)."""
     flags = F_TRAILER if trailer else 0
-    packet = _HEADER.pack(MAGIC, VERSION, msg.TYPE, instance, flags, 0, sender, len(body), 0)
+    packet = _HEADER.pack(MAGIC, VERSION, mtype, instance, flags, 0, sender, len(body), 0)
     packet += body + trailer
     if len(packet) > MAX_PACKET:
         raise ValueError(f"packet of {len(packet)} bytes exceeds {MAX_PACKET}")
     return packet
 
 
-def decode(data: bytes, *, instance: int | None = None) -> tuple[Header, Message, bytes]:
-    """Decode one datagram into (header, message, trailer); raise DecodeError if it is invalid.
-
-    With ``instance`` given, a packet of another overlay instance is rejected (reason
-    ``instance``).
-    """
+def split(data: bytes, *, instance: int | None = None) -> tuple[Header, bytes, bytes]:
+    """(header, body, trailer) of one datagram, the header checked (any type); DecodeError
+    if it is invalid.  With ``instance`` given, a packet of another overlay instance is
+    rejected (reason ``instance``)."""
     if len(data) < HEADER_LEN:
         raise DecodeError("short", "header")
     magic, version, mtype, inst, flags, rsvd, sender, blen, rsvd2 = _HEADER.unpack_from(data)
@@ -291,9 +295,6 @@ def decode(data: bytes, *, instance: int | None = None) -> tuple[Header, Message
         raise DecodeError("version", str(version))
     if instance is not None and inst != instance:
         raise DecodeError("instance", str(inst))
-    cls = Message.REGISTRY.get(mtype)
-    if cls is None:
-        raise DecodeError("type", str(mtype))
     if rsvd or rsvd2 or flags & ~F_TRAILER:
         raise DecodeError("malformed", "reserved header bits set")
     end = HEADER_LEN + blen
@@ -304,7 +305,17 @@ def decode(data: bytes, *, instance: int | None = None) -> tuple[Header, Message
         raise DecodeError("long", "bytes after the body")
     if flags & F_TRAILER and not trailer:
         raise DecodeError("short", "trailer announced but missing")
-    return Header(mtype, inst, sender, flags), cls.decode_body(data[HEADER_LEN:end]), trailer
+    return Header(mtype, inst, sender, flags), data[HEADER_LEN:end], trailer
+
+
+def decode(data: bytes, *, instance: int | None = None) -> tuple[Header, Message, bytes]:
+    """Decode one control datagram into (header, message, trailer); raise DecodeError if it is
+    invalid (a type that is not a control message included: reason ``type``)."""
+    header, body, trailer = split(data, instance=instance)
+    cls = Message.REGISTRY.get(header.type)
+    if cls is None:
+        raise DecodeError("type", str(header.type))
+    return header, cls.decode_body(body), trailer
 
 
 def lsu_packets(lsas, *, instance: int, sender: int, budget: int = 1400) -> list[bytes]:

@@ -264,7 +264,7 @@ def test_links_and_addresses_decode_as_pyroute2_does():
     link["attrs"] = [("IFLA_IFNAME", "to-n2"), ("IFLA_MTU", 1500)]
     link.encode()
     payload = bytes(link.data)[16:]
-    assert k.decode_link(payload) == k.LinkState(7, "to-n2", True)
+    assert k.decode_link(payload) == k.LinkState(7, "to-n2", True, 1500)
     addr = ifaddrmsg()
     addr["family"], addr["prefixlen"], addr["index"] = socket.AF_INET, 30, 7
     addr["attrs"] = [("IFA_ADDRESS", "10.200.0.1"), ("IFA_LOCAL", "10.200.0.1")]

@@ -1,0 +1,465 @@
+"""Best-effort forwarding of client messages between daemons (UDP_LINKS, minimum-weight routing).
+
+Data model (``Forwarding``): the data socket (UDP, the overlay port + 1, on every address), a
+message id counter, the reassembly buffer (``_partial``: (source, message id) -> fragments,
+bounded in bytes and messages, dropped after ``REASSEMBLY_TIMEOUT``), per-destination output
+queues flushed once per loop turn (records bound for the same next daemon share datagrams up to
+the MTU), caches of the forwarding table and of multicast trees (recomputed when the engine's
+``routes_version`` moves), and ``counters`` (sent, received, delivered, forwarded, dropped by
+reason).  Wire format: ``wire.data``.
+
+How a message travels (``send``):
+    to this node          delivered to the local sessions at once (``sessions.deliver``)
+    to another node       KERNEL: where this node has the overlay's kernel route to the node's
+                          logical ID (kernel level 0, the route installed), one datagram to
+                          that logical ID; transit nodes forward it in the kernel (no daemon
+                          sees it) and the destination's daemon delivers it.  HOP otherwise:
+                          to the next hop's daemon, which forwards it the same way
+    to a class E group    to the nearest member node (lowest id on ties), as above with the
+                          group as destination: a daemon that is a member delivers it to one
+                          session; one that is not forwards it to its nearest member
+    to a class D group    TREE: along the source node's shortest-path tree (the trees of
+                          kernel level 2, ``routing.groups.tree_role``): every daemon on it
+                          delivers to its joined sessions and forwards to its children whose
+                          subtree holds a member: one copy per member node
+A message is cut into fragments that fit the links' MTU (``fragment_size``); only the daemon
+that delivers reassembles.  TTL counts overlay hops: HOP and TREE records lose one per daemon
+(dropped at 0); a KERNEL datagram carries it as its IP TTL.
+
+Authentication: every data datagram carries the overlay's HMAC trailer (``wire.auth``), sealed
+and checked with a key ring of its own (data and control have their own counters and replay
+windows: a burst of data must not make a control packet look replayed).  Unauthenticated,
+forged or replayed data is dropped and counted, like control packets.
+
+Entry points: ``Forwarding(loop, cfg, engine, interfaces, kernel_sync, auth, log)``,
+``attach(sessions)``, ``open()``, ``send(message)``, ``status()``, ``close()``.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections import Counter, OrderedDict
+
+from spines_kr.dataplane.message import Message, is_anycast, is_multicast
+from spines_kr.routing import groups as grp
+from spines_kr.routing.spf import spf
+from spines_kr.wire import data as wdata
+from spines_kr.wire.auth import TRAILER_LEN, KeyRing
+from spines_kr.wire.packets import HEADER_LEN, DecodeError
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+IP_TTL = socket.IP_TTL
+IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0
+PKTINFO = struct.Struct("=i4s4s")
+TTL = struct.Struct("=i")
+RECV_SIZE = 65535
+READ_MAX = 512  # datagrams per wakeup: timers still run under a flood
+SOCKET_BUFFER = 4 << 20
+REASSEMBLY_TIMEOUT = 2.0  # s a message may wait for its last fragment
+REASSEMBLY_BYTES = 16 << 20  # bounded memory for partial messages
+REASSEMBLY_MESSAGES = 4096
+OVERHEAD = 20 + 8 + HEADER_LEN + TRAILER_LEN  # IPv4, UDP, our header, the trailer
+DEFAULT_MTU = 1500
+
+
+def _ip(n: int) -> str:
+    return socket.inet_ntoa(n.to_bytes(4, "big"))
+
+
+class _Partial:
+    __slots__ = ("parts", "got", "size", "deadline", "first")
+
+    def __init__(self, total: int, deadline: float, first: wdata.Record) -> None:
+        self.parts: list[bytes | None] = [None] * total
+        self.got = 0
+        self.size = 0
+        self.deadline = deadline
+        self.first = first
+
+
+class Forwarding:
+    def __init__(self, loop, cfg, engine, interfaces, kernel_sync, auth: KeyRing | None,
+                 log) -> None:
+        self.loop = loop
+        self.cfg = cfg
+        self.engine = engine
+        self.interfaces = interfaces
+        self.kernel_sync = kernel_sync
+        self.auth = auth
+        self.log = log
+        self.port = cfg.port + 1
+        self.instance = cfg.port
+        self.sessions = None
+        self.sock: socket.socket | None = None
+        self.counters: Counter[str] = Counter()
+        self._msg_id = 0
+        self._partial: OrderedDict[tuple[int, int], _Partial] = OrderedDict()
+        self._partial_bytes = 0
+        self._queues: dict[tuple[str, int, str | None], list[wdata.Record]] = {}
+        self._flush_pending = False
+        self._cache_version = -1
+        self._fib: dict[int, tuple] = {}
+        self._trees: dict[tuple[int, int], tuple] = {}
+        self._members: dict[int, set[int]] | None = None
+        self._anc_cache: dict = {}
+        self._timer = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def attach(self, sessions) -> None:
+        self.sessions = sessions
+
+    def open(self) -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.setsockopt(socket.SOL_IP, IP_PKTINFO, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+            s.setblocking(False)
+            s.bind(("0.0.0.0", self.port))
+        except BaseException:
+            s.close()
+            raise
+        self.sock = s
+        self.loop.add_reader(s.fileno(), self._on_readable)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+
+    def status(self) -> dict:
+        return {"data_port": self.port, "reassembling": len(self._partial),
+                "reassembly_bytes": self._partial_bytes, **dict(sorted(self.counters.items()))}
+
+    # --- routing --------------------------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        """Forwarding table and trees follow the engine's topology."""
+        version = self.engine.routes_version
+        if version == self._cache_version:
+            return
+        self._cache_version = version
+        node = self.engine
+        result = spf(node.lsdb.graph(), node.id)
+        hops = node.nexthops_by_neighbor()
+        fib = {}
+        for dst, (cost, first) in result.items():
+            usable = sorted(h for h in first if hops.get(h))
+            if usable:
+                fib[dst] = (cost, [hops[h][0] for h in usable])
+        self._fib = fib
+        self._spf = result
+        self._trees.clear()
+        self._members = None
+
+    def _members_of(self, group: int) -> set[int]:
+        if self._members is None:
+            node = self.engine
+            self._members = grp.members(node.lsdb.lsas, set(self._spf) | {node.id})
+        return self._members.get(group, set())
+
+    def _kernel_route(self, dst: int) -> bool:
+        """The overlay's kernel route to node ``dst`` is installed here (kernel level 0)."""
+        ks = self.kernel_sync
+        if ks is None or 0 not in self.cfg.kernel_levels:
+            return False
+        route = ks.installed.get(f"{_ip(dst)}/32")
+        return route is not None and route == self.engine.routes().get(route.dst)
+
+    def _next_hop(self, dst: int, flow: int):
+        entry = self._fib.get(dst)
+        if entry is None:
+            return None
+        hops = entry[1]
+        return hops[flow % len(hops)] if len(hops) > 1 else hops[0]
+
+    def _nearest_member(self, group: int) -> int | None:
+        members = self._members_of(group)
+        if self.engine.id in members:
+            return self.engine.id
+        best = grp.nearest(members, self._spf, self.engine.id, anypath=False)
+        return best[0] if best else None
+
+    def _children(self, root: int, group: int) -> set[int]:
+        key = (root, group)
+        found = self._trees.get(key)
+        if found is None:
+            node = self.engine
+            _parent, kids, on_tree = grp.tree_role(node.lsdb.graph(), root, node.id,
+                                                   self._members_of(group))
+            found = self._trees[key] = (kids if on_tree else set())
+        return found
+
+    def fragment_size(self) -> int:
+        mtus = [m for i, m in self.interfaces.mtu.items() if self.interfaces.up.get(i) and m]
+        mtu = min(mtus) if mtus else DEFAULT_MTU
+        return max(256, min(mtu, 65535) - OVERHEAD - wdata.RECORD_HEADER)
+
+    # --- sending --------------------------------------------------------------------------------
+
+    def send(self, msg: Message) -> None:
+        """A message from a local session (or a LAN host): carry it to its destinations."""
+        self.counters["messages_sent"] += 1
+        node = self.engine
+        self._refresh()
+        if len(msg.payload) > 255 * self.fragment_size():
+            self.counters["dropped.too_long"] += 1
+            return
+        self._msg_id = (self._msg_id + 1) & 0xFFFFFFFF
+        dst = msg.dst
+        if is_multicast(dst):
+            self._deliver_local(msg)  # sessions skip the sender's own unless it loops
+            records = self._records(wdata.TREE, msg)
+            self._tree_forward(records, node.id, dst, msg.ttl)
+            return
+        if dst == node.id:
+            self._deliver_local(msg)
+            return
+        target = self._nearest_member(dst) if is_anycast(dst) else dst
+        if target is None:
+            self.counters["dropped.no_member" if is_anycast(dst) else "dropped.no_route"] += 1
+            return
+        if target == node.id:
+            self._deliver_local(msg)
+            return
+        if self._kernel_route(target):
+            for r in self._records(wdata.KERNEL, msg):
+                self._queue(_ip(target), 0, None, r, msg.ttl)
+            self._schedule_flush()
+            return
+        self._hop_forward(self._records(wdata.HOP, msg), target)
+
+    def _records(self, kind: int, msg: Message) -> list[wdata.Record]:
+        pieces = wdata.fragment(msg.payload, self.fragment_size())
+        n = len(pieces)
+        return [wdata.Record(kind, msg.ttl, msg.link, n, msg.src, msg.dst, msg.src_port,
+                             msg.dst_port, self._msg_id, i, p) for i, p in enumerate(pieces)]
+
+    def _hop_forward(self, records: list[wdata.Record], target: int) -> None:
+        hop = self._next_hop(target, records[0].src ^ records[0].msg_id)
+        if hop is None:
+            self.counters["dropped.no_route"] += len(records)
+            return
+        local = self._local_addr(hop.ifindex, hop.gateway)
+        for r in records:
+            self._queue(hop.gateway, hop.ifindex, local, r, 0)
+        self._schedule_flush()
+
+    def _tree_forward(self, records: list[wdata.Record], root: int, group: int,
+                      ttl: int) -> None:
+        for child in sorted(self._children(root, group)):
+            hop = self._next_hop(child, 0)
+            if hop is None:
+                continue
+            local = self._local_addr(hop.ifindex, hop.gateway)
+            for r in records:
+                self._queue(hop.gateway, hop.ifindex, local, r, 0)
+        self._schedule_flush()
+
+    def _local_addr(self, ifindex: int, gateway: str) -> str | None:
+        for link in self.engine.links.values():
+            if link.ifindex == ifindex and link.peer_addr == gateway:
+                return link.local_addr
+        return None
+
+    def _deliver_local(self, msg: Message) -> None:
+        if self.sessions is None:
+            self.counters["dropped.no_sessions"] += 1
+            return
+        n = self.sessions.deliver(msg)
+        self.counters["messages_delivered"] += 1 if n else 0
+        if not n and not msg.group:
+            self.counters["dropped.no_session"] += 1
+
+    # --- output queues: records bundled per next daemon, once per loop turn ---------------------
+
+    def _queue(self, addr: str, ifindex: int, local: str | None, record: wdata.Record,
+               ttl: int) -> None:
+        self._queues.setdefault((addr, ifindex, local, ttl), []).append(record)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_pending = False
+        queues, self._queues = self._queues, {}
+        budget = self.fragment_size() + wdata.RECORD_HEADER
+        for (addr, ifindex, local, ttl), records in queues.items():
+            batch, size = [], 0
+            for r in records:
+                n = r.encoded_size()
+                if batch and size + n > budget:
+                    self._send_datagram(addr, ifindex, local, ttl, batch)
+                    batch, size = [], 0
+                batch.append(r)
+                size += n
+            if batch:
+                self._send_datagram(addr, ifindex, local, ttl, batch)
+
+    def _ancillary(self, ifindex: int, local: str | None, ttl: int) -> list:
+        key = (ifindex, local, ttl)
+        anc = self._anc_cache.get(key)
+        if anc is None:
+            anc = []
+            if ifindex or local:
+                src = socket.inet_aton(local) if local else \
+                    self.engine.id.to_bytes(4, "big")
+                anc.append((socket.SOL_IP, IP_PKTINFO, PKTINFO.pack(ifindex, src, bytes(4))))
+            if ttl:
+                anc.append((socket.IPPROTO_IP, IP_TTL, TTL.pack(max(1, min(255, ttl)))))
+            if len(self._anc_cache) > 1024:
+                self._anc_cache.clear()
+            self._anc_cache[key] = anc
+        return anc
+
+    def _send_datagram(self, addr: str, ifindex: int, local: str | None, ttl: int,
+                       records: list[wdata.Record]) -> None:
+        pkt = wdata.encode(records, instance=self.instance, sender=self.engine.id)
+        if self.auth is not None:
+            pkt = self.auth.seal(pkt)
+        # a KERNEL datagram leaves from our logical ID (the kernel routes it); a HOP one on
+        # its link, from that link's address
+        anc = self._ancillary(ifindex, local if ifindex else None, ttl) if ifindex else \
+            self._ancillary(0, _ip(self.engine.id), ttl)
+        try:
+            self.sock.sendmsg([pkt], anc, 0, (addr, self.port))
+            self.counters["datagrams_out"] += 1
+        except BlockingIOError:
+            self.counters["dropped.send_buffer"] += len(records)
+        except OSError as e:
+            self.counters[f"dropped.send_{e.errno}"] += len(records)
+
+    # --- receiving ------------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        recvmsg = self.sock.recvmsg
+        now = self.loop.time()
+        for _ in range(READ_MAX):
+            try:
+                data, anc, _flags, addr = recvmsg(RECV_SIZE, 64)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.counters["recv_errors"] += 1
+                continue
+            self.counters["datagrams_in"] += 1
+            try:
+                header, records, trailer = wdata.decode(data, instance=self.instance)
+            except DecodeError as e:
+                self.counters[f"dropped.{e.reason}"] += 1
+                continue
+            if header.sender == self.engine.id:
+                self.counters["dropped.own"] += 1
+                continue
+            if self.auth is not None:
+                reason = self.auth.check(header.sender, data, trailer, now)
+                if reason is not None:
+                    self.counters[f"dropped.{reason}"] += 1
+                    continue
+            elif trailer:
+                self.counters["dropped.auth_unexpected"] += 1
+                continue
+            self._refresh()
+            for r in records:
+                self._receive(r, now)
+        self._sweep(now)
+
+    def _receive(self, r: wdata.Record, now: float) -> None:
+        node = self.engine
+        if r.kind == wdata.TREE:
+            if is_multicast(r.dst):
+                if node.id in self._members_of(r.dst):
+                    self._reassemble(r, now)
+                if r.ttl > 1:
+                    self._tree_forward([_hop(r)], r.src, r.dst, 0)
+                else:
+                    self.counters["dropped.ttl"] += 1
+            else:
+                self.counters["dropped.malformed"] += 1
+            return
+        dst = r.dst
+        if dst == node.id:
+            self._reassemble(r, now)
+            return
+        if is_anycast(dst):
+            target = self._nearest_member(dst)
+            if target == node.id:
+                self._reassemble(r, now)
+                return
+        else:
+            target = dst
+        if r.kind == wdata.KERNEL and not is_anycast(dst):
+            self.counters["dropped.not_ours"] += 1  # a kernel datagram for another node
+            return
+        if target is None:
+            self.counters["dropped.no_route"] += 1
+            return
+        if r.ttl <= 1:
+            self.counters["dropped.ttl"] += 1
+            return
+        self.counters["records_forwarded"] += 1
+        fwd = _hop(r)
+        if self._kernel_route(target):  # the rest of the way in the kernel
+            self._queue(_ip(target), 0, None, _as_kernel(fwd), fwd.ttl)
+            self._schedule_flush()
+        else:
+            self._hop_forward([fwd], target)
+
+    def _reassemble(self, r: wdata.Record, now: float) -> None:
+        if r.frags == 1:
+            self._deliver_local(_message(r, r.payload))
+            return
+        key = (r.src, r.msg_id)
+        p = self._partial.get(key)
+        if p is None:
+            if len(self._partial) >= REASSEMBLY_MESSAGES:
+                self._evict("dropped.reassembly_full")
+            p = self._partial[key] = _Partial(r.frags, now + REASSEMBLY_TIMEOUT, r)
+        if r.index >= len(p.parts) or p.parts[r.index] is not None:
+            self.counters["dropped.duplicate_fragment"] += 1
+            return
+        p.parts[r.index] = r.payload
+        p.got += 1
+        p.size += len(r.payload)
+        self._partial_bytes += len(r.payload)
+        while self._partial_bytes > REASSEMBLY_BYTES and self._partial:
+            self._evict("dropped.reassembly_full")
+        if p.got == len(p.parts) and key in self._partial:
+            del self._partial[key]
+            self._partial_bytes -= p.size
+            self._deliver_local(_message(p.first, b"".join(p.parts)))
+
+    def _evict(self, reason: str) -> None:
+        _key, old = self._partial.popitem(last=False)
+        self._partial_bytes -= old.size
+        self.counters[reason] += 1
+
+    def _sweep(self, now: float) -> None:
+        while self._partial:
+            key, p = next(iter(self._partial.items()))
+            if p.deadline > now:
+                break
+            self._evict("dropped.reassembly_timeout")
+
+
+def _as_kernel(r: wdata.Record) -> wdata.Record:
+    return wdata.Record(wdata.KERNEL, r.ttl, r.link, r.frags, r.src, r.dst, r.src_port,
+                        r.dst_port, r.msg_id, r.index, r.payload)
+
+
+def _hop(r: wdata.Record) -> wdata.Record:
+    """The record as the next daemon gets it: one hop less."""
+    return wdata.Record(r.kind if r.kind != wdata.KERNEL else wdata.HOP, r.ttl - 1, r.link,
+                        r.frags, r.src, r.dst, r.src_port, r.dst_port, r.msg_id, r.index,
+                        r.payload)
+
+
+def _message(r: wdata.Record, payload: bytes) -> Message:
+    return Message(r.src, r.src_port, r.dst, r.dst_port, payload, ttl=r.ttl, link=r.link)
+
