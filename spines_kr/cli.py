@@ -236,14 +236,16 @@ def render(what: str, data) -> str:
 def _setlink_parser(sub) -> None:
     p = sub.add_parser("setlink", help="emulate a link's bandwidth, latency, loss and burst",
                        description="Set the emulated characteristics of the link from SOURCE to "
-                                   "DEST (Spines' setlink; the daemon at SOURCE must run with -m). "
+                                   "DEST (Spines' setlink; the daemon told must run with -m). "
+                                   "Told to DEST's daemon, as Spines does, it shapes what DEST "
+                                   "receives from SOURCE; told to SOURCE's, what SOURCE sends. "
                                    "Zeros clear the emulation.")
     p.add_argument("bandwidth", type=float, help="kbit/s (0: unlimited)")
     p.add_argument("latency", type=float, help="ms added")
     p.add_argument("loss", type=float, help="loss rate, percent")
     p.add_argument("burst", type=float, help="probability, percent, that a loss follows a loss")
-    p.add_argument("source", help="this node's logical ID or link address")
-    p.add_argument("dest", help="the neighbor's logical ID or link address")
+    p.add_argument("source", help="the sending end's logical ID or link address")
+    p.add_argument("dest", help="the receiving end's logical ID or link address")
     p.add_argument("port", nargs="?", type=int,
                    help="overlay port of the daemon (default 8100; the daemon checks it is its own)")
     p.add_argument("--socket", help="control socket of the daemon")
@@ -261,7 +263,8 @@ def cmd_setlink(args) -> int:
     if data is None:
         return 1
     for item in data["links"]:
-        print(f"{item['link']}: daemon traffic {item['daemon']}; kernel traffic: {item['kernel']}")
+        print(f"{item['link']} (at the {item.get('end', 'sending')} end): daemon traffic "
+              f"{item['daemon']}; kernel traffic: {item['kernel']}")
     return 0
 
 

@@ -258,7 +258,9 @@ class Commands:
         return result
 
     def setlink(self, req: dict) -> Pending:
-        """Emulate bandwidth/latency/loss/burst on the link(s) from SOURCE (this node) to DEST.
+        """Emulate bandwidth/latency/loss/burst on the link(s) from SOURCE to DEST, at the end
+        that was told: told to SOURCE's daemon it shapes what SOURCE sends, told to DEST's (as
+        Spines does) what DEST receives; the reply says which ("end").
 
         Raises ValueError with a message for a person when the request cannot be applied; else
         the reply comes through the returned Pending once the kernel part (tc, nftables: in
@@ -288,17 +290,27 @@ class Commands:
         source, dest = str(req.get("source", "")), str(req.get("dest", ""))
         node = d.node
         mine = {cfg.logical_id} | {l.local_addr for l in node.links.values()}
-        if source not in mine:
-            if dest in mine:
-                raise ValueError(f"setlink: SOURCE {source} is not this node ({cfg.logical_id}); "
-                                 f"a link is set at its source: run setlink on {source}'s daemon")
-            raise ValueError(f"setlink: SOURCE {source} is not this node ({cfg.logical_id})")
-        links = [l for l in node.links.values()
-                 if dest in (l.peer_addr, _ip(l.peer_id))
-                 and source in (cfg.logical_id, l.local_addr)]
-        if not links:
-            raise ValueError(f"setlink: no link from {source} to {dest} (neighbors: "
-                             f"{', '.join(sorted(l.peer_addr for l in node.links.values())) or 'none'})")
+        neighbors = ", ".join(sorted(l.peer_addr for l in node.links.values())) or "none"
+        if source in mine:  # the sending end: what we send to DEST
+            ingress = False
+            links = [l for l in node.links.values()
+                     if dest in (l.peer_addr, _ip(l.peer_id))
+                     and source in (cfg.logical_id, l.local_addr)]
+            if not links:
+                raise ValueError(f"setlink: no link from {source} to {dest} "
+                                 f"(neighbors: {neighbors})")
+        elif dest in mine:  # the receiving end (Spines' meaning): what we receive from SOURCE
+            ingress = True
+            links = [l for l in node.links.values()
+                     if source in (l.peer_addr, _ip(l.peer_id))
+                     and dest in (cfg.logical_id, l.local_addr)]
+            if not links:
+                raise ValueError(f"setlink: no link from {source} to {dest} "
+                                 f"(neighbors: {neighbors})")
+        else:
+            raise ValueError(f"setlink: neither {source} nor {dest} is this node "
+                             f"({cfg.logical_id}): tell the daemon at one end of the link")
+        end = "receiving" if ingress else "sending"
         pending = Pending()
         result: list[dict] = []
 
@@ -309,11 +321,14 @@ class Commands:
                 for param in outcome.daemon_covered:  # e.g. a tbf also paces our hellos
                     setattr(emu, EMULATION_FIELDS[param], 0.0)
                 kernel = outcome.summary
-            link.emulation = emu if emu.active else None
-            result.append({"link": f"{link.ifname}:{link.peer_addr}",
+            if ingress:
+                link.rx_emulation = emu if emu.active else None
+            else:
+                link.emulation = emu if emu.active else None
+            result.append({"link": f"{link.ifname}:{link.peer_addr}", "end": end,
                            "daemon": "applied" if emu.active else "cleared", "kernel": kernel})
-            d.log.info("link.emulation", link=link.peer_addr, ifname=link.ifname, **values,
-                       kernel=kernel)
+            d.log.info("link.emulation", link=link.peer_addr, ifname=link.ifname, end=end,
+                       **values, kernel=kernel)
             if len(result) == len(links):
                 pending.resolve({"links": result})
 
@@ -321,5 +336,5 @@ class Commands:
             emu = LinkEmulation(**values)
             d.apply_emulation(link, values,
                               lambda outcome, error, link=link, emu=emu:
-                              applied_one(link, emu, outcome, error))
+                              applied_one(link, emu, outcome, error), ingress=ingress)
         return pending

@@ -466,14 +466,33 @@ class Daemon:
         """Hand every pending datagram to the engine; True when more may be waiting."""
         node = self.node
         batch = self.overlay.receive()
+        links = node.links
         for ifindex, src, data, at in batch:
-            try:
-                node.receive(ifindex, src, data, now, at)
-            except Exception as e:  # noqa: BLE001 - one packet must not stop the others
-                node.counters["dropped.error"] += 1
-                self._on_error("node.receive", e)
+            link = links.get((ifindex, src))
+            if link is not None and link.rx_emulation is not None:  # setlink at this end
+                when = link.rx_emulation.schedule(at, len(data))
+                if when is None:
+                    self.overlay.counters["emulated_rx_drops"] += 1
+                    continue
+                if when > now:
+                    self.loop.call_at(when, self._receive_later, ifindex, src, data, when)
+                    continue
+            self._receive(ifindex, src, data, now, at)
         self.last_read = now
         return len(batch) >= 512
+
+    def _receive(self, ifindex: int, src: str, data: bytes, now: float, at: float) -> None:
+        try:
+            self.node.receive(ifindex, src, data, now, at)
+        except Exception as e:  # noqa: BLE001 - one packet must not stop the others
+            self.node.counters["dropped.error"] += 1
+            self._on_error("node.receive", e)
+
+    def _receive_later(self, ifindex: int, src: str, data: bytes, at: float) -> None:
+        try:
+            self._receive(ifindex, src, data, self.loop.time(), at)
+        finally:
+            self.after_event()
 
     def _on_read_more(self) -> None:
         try:
@@ -561,16 +580,17 @@ class Daemon:
 
     # --- commands' helpers ------------------------------------------------------------------
 
-    def apply_emulation(self, link, values: dict, done) -> None:
-        """Shape the kernel's traffic over the link device (tc, nftables) in the worker thread;
-        ``done(applied, error)`` on the loop."""
+    def apply_emulation(self, link, values: dict, done, ingress: bool = False) -> None:
+        """Shape the kernel's traffic over the link device (tc, nftables; what it receives with
+        ``ingress``) in the worker thread; ``done(applied, error)`` on the loop."""
         from spines_kr.netlink import emulation as kernel_emulation
 
         self.emulated = True
         ifname = link.ifname or self.interfaces.names.get(link.ifindex, "")
+        apply = kernel_emulation.apply_ingress if ingress else kernel_emulation.apply
 
         def job():
-            return kernel_emulation.apply(link.ifindex, ifname, instance=self.cfg.port, **values)
+            return apply(link.ifindex, ifname, instance=self.cfg.port, **values)
 
         self.loop.run_in_worker(job, done=done)
 

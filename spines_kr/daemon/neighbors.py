@@ -67,7 +67,8 @@ class Link:
     deadline: float = float("inf")
     flaps: int = 0
     cost: CostTracker | None = None  # the advertised cost while UP
-    emulation: LinkEmulation | None = None  # setlink: kept across down/up
+    emulation: LinkEmulation | None = None  # setlink at this end: what we send (kept across
+    rx_emulation: LinkEmulation | None = None  # down/up), and what we receive from the peer
     tokens: float = -1.0  # packet-rate token bucket (-1: full)
     tokens_at: float = 0.0
 
@@ -142,6 +143,7 @@ class Link:
             "cost": None if self.cost is None else self.cost.advertised & 0x7FFFFFFF,
             "problematic": bool(self.cost and self.cost.problematic),
             "emulation": None if self.emulation is None else self.emulation.to_json(),
+            "rx_emulation": None if self.rx_emulation is None else self.rx_emulation.to_json(),
         }
 
 

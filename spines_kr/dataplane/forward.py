@@ -340,6 +340,7 @@ class Forwarding:
     def _on_readable(self) -> None:
         recvmsg = self.sock.recvmsg
         now = self.loop.time()
+        emulated = any(l.rx_emulation is not None for l in self.engine.links.values())
         for _ in range(READ_MAX):
             try:
                 data, anc, _flags, addr = recvmsg(RECV_SIZE, 64)
@@ -349,26 +350,48 @@ class Forwarding:
                 self.counters["recv_errors"] += 1
                 continue
             self.counters["datagrams_in"] += 1
-            try:
-                header, records, trailer = wdata.decode(data, instance=self.instance)
-            except DecodeError as e:
-                self.counters[f"dropped.{e.reason}"] += 1
-                continue
-            if header.sender == self.engine.id:
-                self.counters["dropped.own"] += 1
-                continue
-            if self.auth is not None:
-                reason = self.auth.check(header.sender, data, trailer, now)
-                if reason is not None:
-                    self.counters[f"dropped.{reason}"] += 1
+            if emulated:  # setlink at the receiving end: loss, latency, bandwidth on receipt
+                when = self._rx_emulation(anc, addr[0], len(data), now)
+                if when is None:
+                    self.counters["emulated_rx_drops"] += 1
                     continue
-            elif trailer:
-                self.counters["dropped.auth_unexpected"] += 1
-                continue
-            self._refresh()
-            for r in records:
-                self._receive(r, now)
+                if when > now:
+                    self.loop.call_at(when, self._process, data, when)
+                    continue
+            self._process(data, now)
         self._sweep(now)
+
+    def _rx_emulation(self, anc, src: str, size: int, now: float) -> float | None:
+        ifindex = 0
+        for level, typ, cdata in anc:
+            if level == socket.SOL_IP and typ == IP_PKTINFO and len(cdata) >= PKTINFO.size:
+                ifindex = PKTINFO.unpack_from(cdata)[0]
+        link = self.engine.links.get((ifindex, src))
+        if link is None or link.rx_emulation is None:
+            return now
+        return link.rx_emulation.schedule(now, size)
+
+    def _process(self, data: bytes, now: float) -> None:
+        try:
+            header, records, trailer = wdata.decode(data, instance=self.instance)
+        except DecodeError as e:
+            self.counters[f"dropped.{e.reason}"] += 1
+            return
+        if header.sender == self.engine.id:
+            self.counters["dropped.own"] += 1
+            return
+        if self.auth is not None:
+            reason = self.auth.check(header.sender, data, trailer, now)
+            if reason is not None:
+                self.counters[f"dropped.{reason}"] += 1
+                return
+        elif trailer:
+            self.counters["dropped.auth_unexpected"] += 1
+            return
+        self._refresh()
+        for r in records:
+            self._receive(r, now)
+
 
     def _receive(self, r: wdata.Record, now: float) -> None:
         node = self.engine

@@ -325,11 +325,13 @@ def table_name(instance: int) -> str:
     return f"spines_kr_{instance}"
 
 
-def chain_name(ifname: str) -> str:
-    """The device's chain: ``loss_<ifname>``, or ``lossx_<hex>`` for names nft can't spell."""
+def chain_name(ifname: str, ingress: bool = False) -> str:
+    """The device's chain: ``loss_<ifname>`` (egress) or ``lossin_<ifname>`` (ingress), with
+    ``x_<hex>`` for names nft can't spell."""
+    prefix = "lossin" if ingress else "loss"
     if _SAFE_NAME.fullmatch(ifname):
-        return f"loss_{ifname}"
-    return f"lossx_{ifname.encode().hex()}"
+        return f"{prefix}_{ifname}"
+    return f"{prefix}x_{ifname.encode().hex()}"
 
 
 def _our_chains(instance: int, netns: str | None) -> set[str] | None:
@@ -344,17 +346,20 @@ def _our_chains(instance: int, netns: str | None) -> set[str] | None:
             if "chain" in item}
 
 
-def _set_drop(instance: int, ifname: str, share: int, netns: str | None) -> None:
-    """Install or replace the device's drop chain: ``share`` of 10000 packets dropped."""
+def _set_drop(instance: int, ifname: str, share: int, netns: str | None,
+              ingress: bool = False) -> None:
+    """Install or replace the device's drop chain: ``share`` of 10000 packets dropped, of
+    those it sends (postrouting) or, ``ingress``, of those it receives (prerouting)."""
     if '"' in ifname or "\\" in ifname or not ifname.isprintable():
         raise _NftError("interface name not usable in nftables")
-    t, c = f"inet {table_name(instance)}", chain_name(ifname)
-    match = f'oifname "{ifname}"'
+    t, c = f"inet {table_name(instance)}", chain_name(ifname, ingress)
+    match = f'{"iif" if ingress else "oif"}name "{ifname}"'
+    hook = "prerouting" if ingress else "postrouting"
     # nft takes the numgen comparison's value within the modulus: 100 % is a plain drop.
     chance = f"numgen random mod {LOSS_SCALE} < {share}" if share < LOSS_SCALE else ""
     script = "\n".join([
         f"add table {t}",
-        f"add chain {t} {c} {{ type filter hook postrouting priority filter; policy accept; }}",
+        f"add chain {t} {c} {{ type filter hook {hook} priority filter; policy accept; }}",
         f"flush chain {t} {c}",
         f'add rule {t} {c} {match} udp sport {instance} accept comment "spines-kr overlay"',
         f'add rule {t} {c} {match} udp dport {instance} accept comment "spines-kr overlay"',
@@ -364,13 +369,13 @@ def _set_drop(instance: int, ifname: str, share: int, netns: str | None) -> None
     _nft(["-f", "-"], netns, script)
 
 
-def _remove_drop(instance: int, ifname: str, netns: str | None) -> bool:
+def _remove_drop(instance: int, ifname: str, netns: str | None, ingress: bool = False) -> bool:
     """Remove the device's chain (and the table once empty); whether there was one."""
     try:
         chains = _our_chains(instance, netns)
     except _NftError:  # no nft, or no nf_tables in the kernel: nothing of ours can be there
         return False
-    c = chain_name(ifname)
+    c = chain_name(ifname, ingress)
     if chains is None or c not in chains:
         return False
     t = f"inet {table_name(instance)}"
@@ -508,19 +513,47 @@ def _apply_qdisc(ifindex: int, ifname: str, handle: int, want: _Want | None, net
 
 
 def _apply_drop(ifname: str, instance: int, drop: int, netns: str | None,
-                outcome: dict[str, str], errors: list[str]) -> None:
+                outcome: dict[str, str], errors: list[str], ingress: bool = False) -> None:
     """Converge the device's nftables drop chain on ``drop`` of LOSS_SCALE (0: none)."""
     try:
         if drop:
-            _set_drop(instance, ifname, drop, netns)
+            _set_drop(instance, ifname, drop, netns, ingress)
             outcome["loss"] = KERNEL_NFT_DROP
         else:
-            _remove_drop(instance, ifname, netns)
+            _remove_drop(instance, ifname, netns, ingress)
     except _NftError as e:
         if drop:
             outcome["loss"] = daemon_only(str(e))
         if str(e) != "nft missing":
             errors.append(str(e))
+
+
+def apply_ingress(ifindex: int, ifname: str, *, bandwidth_kbps: int | None,
+                  latency_ms: float | None, loss_pct: float | None, burst_pct: float | None,
+                  instance: int, netns: str | None = None) -> Applied:
+    """Emulate the leg *received* on the device (Spines' setlink told to the receiving end):
+    loss on the kernel's traffic with an nftables drop at prerouting (sparing the overlay's
+    control port: the daemon emulates its own packets on receipt); bandwidth, latency and
+    burst cannot act on received kernel traffic without an ifb device: daemon-only.  All off
+    removes our ingress chain."""
+    bandwidth = _check("bandwidth_kbps", bandwidth_kbps)
+    latency = _check("latency_ms", latency_ms)
+    loss = _check("loss_pct", loss_pct, 100)
+    burst = _check("burst_pct", burst_pct, 100)
+    requested = {p: v for p, v in zip(PARAMETERS, (bandwidth, latency, loss, burst)) if v}
+    outcome = dict.fromkeys(PARAMETERS, OFF)
+    errors: list[str] = []
+    for p in ("bandwidth", "latency", "burst"):
+        if p in requested:
+            outcome[p] = daemon_only("no ingress shaping of the kernel's traffic")
+    drop = max(1, round(loss * LOSS_SCALE / 100)) if loss else 0
+    _apply_drop(ifname, instance, drop, netns, outcome, errors, ingress=True)
+    if not requested and not errors:
+        outcome = dict.fromkeys(PARAMETERS, CLEARED)
+    result = Applied(ifname, outcome, frozenset(), tuple(errors), requested)
+    log.info("netlink.emulation.applied", ifname=ifname, ifindex=ifindex, instance=instance,
+             direction="ingress", summary=result.summary, errors=list(errors))
+    return result
 
 
 def clear_all(instance: int, netns: str | None = None) -> list[str]:

@@ -190,10 +190,10 @@ def test_setlink_command_shapes_daemon_and_kernel_traffic_and_exit_clears_it():
         qdisc = subprocess.run(["ip", "netns", "exec", n1["netns"], "tc", "qdisc", "show", "dev",
                                 ln["a_ifname"]], capture_output=True, text=True).stdout
         assert kind in qdisc and "rate 2Mbit" in qdisc, qdisc
-        # a wrong SOURCE is refused with one line, exit 1
+        # a link of which this node is neither end is refused with one line, exit 1
         argv[-2] = dst
         bad = subprocess.run(argv, env=env, capture_output=True, text=True)
-        assert bad.returncode == 1 and "not this node" in bad.stderr and bad.stderr.count("\n") == 1
+        assert bad.returncode == 1 and "is this node" in bad.stderr and bad.stderr.count("\n") == 1
         # a clean exit removes the qdisc and the nftables table
         os.kill(n1["pid"], signal.SIGTERM)
         assert ops.wait(lambda: kind not in subprocess.run(
