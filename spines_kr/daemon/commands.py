@@ -126,6 +126,8 @@ class Commands:
             data["forwarding"] = d.forwarding.status()
         if getattr(d, "sessions", None) is not None:
             data["sessions"] = d.sessions.status()
+        if getattr(d, "hostmcast", None) is not None:
+            data["host_multicast"] = d.hostmcast.status()
         return {
             "logical_id": d.cfg.logical_id, "port": d.cfg.port, "metric": d.cfg.metric,
             "kernel_levels": list(d.cfg.kernel_levels), "pid": os.getpid(),

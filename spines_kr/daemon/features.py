@@ -8,8 +8,9 @@ the kernel; the daemon logs the plan at start and shows it in ``show status``.
 
 Decisions (a feature the probe could not judge, e.g. without CAP_NET_ADMIN, is assumed present:
 the kernel's own answer then says what is wrong):
-    -k 2 (multicast groups)        kernel multicast routing, else refused.  When a later issue
-                                   gives a user-space fallback, it is chosen here.
+    -k 2 (multicast groups)        kernel multicast routing; without it the overlay's own data
+                                   plane carries the LAN hosts' multicast (dataplane.hostmcast,
+                                   warned), unless the data plane is off: then refused.
     -k 2 with table != main        multicast tables, else the default multicast table (a
                                    second overlay on the host would collide: warned)
     table != main                  policy rules (our rule sends lookups to our table), else
@@ -35,7 +36,7 @@ class Refused(Exception):
 class Plan:
     multipath: str = "off"  # "nexthop groups" | "classic" | "off"
     policy_rule: bool = False
-    multicast: str | None = None  # "kernel" (kernel_levels 2) or None
+    multicast: str | None = None  # "kernel" | "dataplane" (kernel_levels 2) or None
     multicast_default_table: bool = False  # no multicast tables: the default one is used
     warnings: tuple[str, ...] = ()
 
@@ -53,10 +54,15 @@ def decide(cfg, caps) -> Plan:
     levels = set(cfg.kernel_levels)
     multicast = None
     default_table = False
-    if 2 in levels:
-        if _lacks(caps, "multicast_routing"):
+    if 2 in levels and _lacks(caps, "multicast_routing"):
+        if not getattr(cfg, "data_plane", True):
             raise Refused(f"{caps.missing_reason('multicast_routing')}, which -k 2 "
-                          f"(kernel_levels) needs for multicast groups")
+                          f"(kernel_levels) needs for multicast groups without the data plane "
+                          f"(data_plane = false)")
+        multicast = "dataplane"
+        warnings.append(f"{caps.missing_reason('multicast_routing')}: the overlay's data plane "
+                        f"carries the LAN hosts' multicast (-k 2)")
+    elif 2 in levels:
         multicast = "kernel"
         if cfg.table != MAIN_TABLE and _lacks(caps, "multicast_tables"):
             default_table = True

@@ -108,6 +108,7 @@ class Daemon:
         self.multicast = None
         self.forwarding = None
         self.sessions = None
+        self.hostmcast = None
         self.control = None
         self.metrics_server = None
         self.commands = Commands(self)
@@ -326,6 +327,12 @@ class Daemon:
             raise StartError(f"data port {self.cfg.port + 1}: {e.strerror or e} (another "
                              f"daemon of this overlay on this host?)") from None
         self._open_sessions()
+        if self.plan.multicast == "dataplane":
+            from spines_kr.dataplane.hostmcast import HostMulticast
+
+            self.hostmcast = HostMulticast(self.loop, self.commands, self.forwarding, self.log)
+            self.forwarding.attach(hosts=self.hostmcast)
+            self.hostmcast.sync()
 
     def _open_sessions(self) -> None:
         """Client sessions (dataplane.sessions), when that part is there."""
@@ -335,7 +342,7 @@ class Daemon:
             return
         self.sessions = Sessions(self.loop, self.commands, self.cfg, self.log,
                                  self.forwarding.send)
-        self.forwarding.attach(self.sessions)
+        self.forwarding.attach(sessions=self.sessions)
         try:
             self.sessions.open()
         except OSError as e:
@@ -403,10 +410,12 @@ class Daemon:
         self.log.info("daemon.stopped")
 
     def _close(self) -> None:
-        for part in (self.sessions, self.forwarding, self.control, self.metrics_server):
+        for part in (self.hostmcast, self.sessions, self.forwarding, self.control,
+                     self.metrics_server):
             if part is not None:
                 part.close()
-        self.sessions = self.forwarding = self.control = self.metrics_server = None
+        self.hostmcast = self.sessions = self.forwarding = None
+        self.control = self.metrics_server = None
         for obj in (self.overlay, self.interfaces, self.kernel_sync and
                     self.kernel_sync.reconciler.kernel, self.rules, self.membership,
                     self.multicast, self.slot):
@@ -521,11 +530,14 @@ class Daemon:
                 if ch.overflow:
                     self.log.warning("netlink.overflow", action="full resync")
                     ks.drift("netlink overflow")
-            if ch.addresses:
-                self._update_prefsrc()
-                self._resolve_neighbors(now)
+            if ch.addresses or ch.links:
+                if ch.addresses:
+                    self._update_prefsrc()
+                    self._resolve_neighbors(now)
                 if self.multicast is not None:
                     self.multicast.refresh()
+                if self.hostmcast is not None:
+                    self.hostmcast.sync()
         finally:
             self.after_event()
 

@@ -41,7 +41,7 @@ import socket
 import struct
 from collections import Counter, OrderedDict
 
-from spines_kr.dataplane.message import Message, is_anycast, is_multicast
+from spines_kr.dataplane.message import HOST_PACKET, Message, is_anycast, is_multicast
 from spines_kr.routing import groups as grp
 from spines_kr.routing.spf import spf
 from spines_kr.wire import data as wdata
@@ -91,6 +91,7 @@ class Forwarding:
         self.port = cfg.port + 1
         self.instance = cfg.port
         self.sessions = None
+        self.hosts = None  # dataplane.hostmcast, on kernels without multicast routing
         self.sock: socket.socket | None = None
         self.counters: Counter[str] = Counter()
         self._msg_id = 0
@@ -107,8 +108,11 @@ class Forwarding:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def attach(self, sessions) -> None:
-        self.sessions = sessions
+    def attach(self, sessions=None, hosts=None) -> None:
+        if sessions is not None:
+            self.sessions = sessions
+        if hosts is not None:
+            self.hosts = hosts
 
     def open(self) -> None:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -212,7 +216,8 @@ class Forwarding:
         self._msg_id = (self._msg_id + 1) & 0xFFFFFFFF
         dst = msg.dst
         if is_multicast(dst):
-            self._deliver_local(msg)  # sessions skip the sender's own unless it loops
+            if not msg.link & HOST_PACKET:  # (a host's packet: its LANs are served already)
+                self._deliver_local(msg)  # sessions skip the sender's own unless it loops
             records = self._records(wdata.TREE, msg)
             self._tree_forward(records, node.id, dst, msg.ttl)
             return
@@ -267,6 +272,12 @@ class Forwarding:
         return None
 
     def _deliver_local(self, msg: Message) -> None:
+        if msg.link & HOST_PACKET:
+            if self.hosts is not None and is_multicast(msg.dst):
+                self.counters["host_packets_delivered"] += 1 if self.hosts.deliver(msg) else 0
+            else:
+                self.counters["dropped.host_packet"] += 1
+            return
         if self.sessions is None:
             self.counters["dropped.no_sessions"] += 1
             return

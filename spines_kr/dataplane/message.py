@@ -9,7 +9,9 @@ Data model:
         SOFT_REALTIME_LINKS 2, INTRUSION_TOL_LINKS 8), ``routing`` its routing bits >> 8
         (MIN_WEIGHT_ROUTING 0, ...).  ``session`` is the id of the local session it came from
         (0: not from a session of this node); it lets delivery skip the sender's own session
-        when its loop option is off.
+        when its loop option is off.  ``link | HOST_PACKET``: the payload is an IP packet of a
+        LAN host (multicast without kernel multicast routing), delivered onto member LANs by
+        ``dataplane.hostmcast``, never to sessions.
 
 The two halves of the data plane meet here:
     Forwarding (``dataplane.forward``): ``send(message)`` takes a message from a local session
@@ -32,6 +34,7 @@ MAX_MESSAGE = 50_000  # MAX_SPINES_CLIENT_MSG
 
 # link protocols (protocol & 0xF)
 UDP_LINKS, RELIABLE_LINKS, SOFT_REALTIME_LINKS, INTRUSION_TOL_LINKS = 0, 1, 2, 8
+HOST_PACKET = 0x80  # with ``link``: the payload is a LAN host's IP packet (dataplane.hostmcast)
 UDP_CONNECT = 0x10
 # routing ((protocol & 0xF00) >> 8)
 MIN_WEIGHT_ROUTING, IT_PRIORITY_ROUTING, IT_RELIABLE_ROUTING, SOURCE_BASED_ROUTING = 0, 1, 2, 3

@@ -88,13 +88,20 @@ def refused(proc: subprocess.CompletedProcess, *words: str) -> str:
 
 
 def test_missing_kernel_feature_is_refused_naming_it_and_the_flag(line):
-    """-k 2 on a kernel without multicast routing (the kernel here, or one made to look so)."""
+    """-k 2 on a kernel without multicast routing (the kernel here, or one made to look so),
+    with the data plane off (with it, the data plane carries multicast); and an own table on a
+    kernel without policy rules."""
     n1 = node(line, "n1")
     before = kernel_state(n1["netns"])
     proc = run_daemon(line, "n1", "-p", "8300", "-k", "0", "-k", "2", "--table", "8300",
-                      env={"SPINES_KR_WITHOUT": "multicast_routing"})
+                      "--no-data-plane", env={"SPINES_KR_WITHOUT": "multicast_routing"})
     refused(proc, "kernel without IPv4 multicast routing", "CONFIG_IP_MROUTE", "-k 2")
     assert kernel_state(n1["netns"]) == before  # no route, rule, address or nexthop left
+    proc = run_daemon(line, "n1", "-p", "8300", "-k", "0", "--table", "8300",
+                      env={"SPINES_KR_WITHOUT": "policy_rules"})
+    refused(proc, "kernel without policy routing rules", "CONFIG_IP_MULTIPLE_TABLES",
+            "table = 8300")
+    assert kernel_state(n1["netns"]) == before
 
 
 def test_a_second_daemon_in_the_same_slot_is_refused_naming_the_first(line):

@@ -23,9 +23,12 @@ def test_a_full_kernel_gets_nexthop_groups_and_kernel_multicast():
     assert plan == Plan("nexthop groups", True, "kernel", False, ())
 
 
-def test_multicast_without_kernel_support_is_refused_naming_feature_and_flag():
-    with pytest.raises(Refused) as e:
-        decide(cfg(kernel_levels=[2]), caps(multicast_routing=False))
+def test_multicast_without_kernel_support_goes_through_the_data_plane():
+    plan = decide(cfg(kernel_levels=[2]), caps(multicast_routing=False))
+    assert plan.multicast == "dataplane"
+    assert "kernel without IPv4 multicast routing (CONFIG_IP_MROUTE)" in plan.warnings[0]
+    with pytest.raises(Refused) as e:  # ... unless the data plane is off
+        decide(cfg(kernel_levels=[2], data_plane=False), caps(multicast_routing=False))
     msg = str(e.value)
     assert "kernel without IPv4 multicast routing (CONFIG_IP_MROUTE)" in msg and "-k 2" in msg
     assert "\n" not in msg

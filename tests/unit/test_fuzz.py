@@ -1069,7 +1069,7 @@ class StandInDaemon:
     def after_event(self) -> None:
         pass
 
-    def apply_emulation(self, link, values, done) -> None:
+    def apply_emulation(self, link, values, done, ingress=False) -> None:
         done(SimpleNamespace(daemon_covered=(), summary="not applied (stand-in)"), None)
 
 
