@@ -200,7 +200,7 @@ class Commands:
         ``dst``): [(node, hops from here, path cost from here)], this node first; [] when
         unreachable."""
         node = self._d.node
-        graph = node.lsdb.graph()
+        graph = node.graph()
         from spines_kr.routing.spf import spf
 
         result = spf(graph, node.id)
@@ -232,7 +232,7 @@ class Commands:
         """For every reachable node: the largest hop distance from it to a member of
         ``group`` (Spines' EDISTANCE): [(node, distance, 0)]."""
         node = self._d.node
-        graph = node.lsdb.graph()
+        graph = node.graph()
         members = set(node.group_members().get(group, set()))
         out = []
         for n in sorted({node.id, *graph}):

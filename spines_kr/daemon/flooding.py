@@ -77,8 +77,11 @@ class LinkFlood:
         t = self.next_send if self.queue else INF
         if self.acks and self.ack_due < t:
             t = self.ack_due
-        if self.unacked and self.rxmt_due < t:
-            t = self.rxmt_due
+        if self.unacked:
+            # a retransmission is paced like any update: not before next_send
+            rx = self.rxmt_due if self.rxmt_due > self.next_send else self.next_send
+            if rx < t:
+                t = rx
         return t
 
 

@@ -439,12 +439,13 @@ class Daemon:
     # --- neighbors ------------------------------------------------------------------------------
 
     def _neighbors_ready(self) -> bool:
-        """Every configured neighbor that can come up is up: a link whose interface is down
-        (carrier lost, admin down) cannot, and waiting for it would freeze this node's routes
-        for the whole grace time."""
+        """Every configured neighbor that can come up is up and has sent us its database (at
+        least one update since the link came up: a neighbor always has its own LSA to send).
+        A link whose interface is down (carrier lost, admin down) cannot come up, and waiting
+        for it would freeze this node's routes for the whole grace time."""
         configured = [l for l in self.node.links.values()
                       if l.configured and self.interfaces.up.get(l.ifindex, True)]
-        return bool(configured) and all(l.up for l in configured)
+        return bool(configured) and all(l.up and l.updates_in for l in configured)
 
     def _resolve_neighbors(self, now: float) -> None:
         node, ifs = self.node, self.interfaces

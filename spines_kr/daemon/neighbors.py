@@ -58,6 +58,8 @@ class Link:
     peer_rx_at: float = 0.0
     last_echo_us: int = 0
     answered: int = 0
+    peer_up: bool = False  # the neighbor's last hello said the link is up at its end
+    updates_in: int = 0  # link-state updates received since the link came up
     srtt_ms: float | None = None
     rx_highest: int = -1
     rx_first: int = 0  # first sequence number heard: nothing before it counts as lost
@@ -125,6 +127,8 @@ class Link:
         self.state = State.DOWN
         self.since = now
         self.answered = 0
+        self.peer_up = False
+        self.updates_in = 0
         self.peer_tx_us = 0
         self.last_echo_us = 0
         self.cost = None

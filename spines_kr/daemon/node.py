@@ -23,11 +23,18 @@ link in a heap (``_heap``: (time, seq, link), stale entries skipped when popped)
 next timer costs O(log links), not a scan; hellos of all links go out together in one round
 (one wakeup), jittered.
 
-Origination: our LSA is re-originated when its links, prefixes or groups change, at most once
-per ``lsa_min_interval`` (OSPF's MinLSInterval): the first change goes out at once, changes
-within the interval are coalesced into one origination at its end.  Bad news is never held: a
-link that goes down is advertised at once (the routes of every node, ours included, must stop
-using it), only good news (links up, better costs, groups) is paced.  An origin that receives a
+Origination: our LSA is re-originated when its links, prefixes or groups change, throttled as
+IGP implementations throttle LSA generation: the first change after a quiet time goes out at
+once; a change within the throttle interval (``lsa_min_interval`` at first) waits for its end,
+coalesced with any other; each origination that follows another closely doubles the interval,
+up to ``LSA_THROTTLE_MAX``, and a quiet time of twice the interval brings it back.  So a link
+that fails is advertised at once, while a storm (a flapping link, a cold start of hundreds of
+nodes on two cores) damps itself instead of feeding on its own floods.  Our own routes never
+wait for the throttle: they are computed from our current links (``graph``).
+
+Neighbor restarts: a neighbor that reported the link up and then reports it not up (its daemon
+restarted, or it reset the link) brings our end down too, so that the link comes back with a
+full database exchange; a neighbor restarted faster than the dead interval is noticed so.  An origin that receives a
 newer copy of its own LSA (it restarted, its old LSAs live on) jumps its sequence past it and
 re-originates.  LSAs are only accepted from UP links; they are bounded per origin
 (``max_*_per_node``) and in number (``max_nodes``).
@@ -55,6 +62,7 @@ from spines_kr.wire import packets as wire
 from spines_kr.wire.auth import KeyRing
 
 EXPIRE_EVERY = 1.0
+LSA_THROTTLE_MAX = 5.0  # s: the longest an origination waits while changes keep coming
 SEQ_HEADROOM = 1 << 32  # an own LSA this close to the maximum is not jumped past
 INF = float("inf")
 
@@ -160,6 +168,7 @@ class Node:
         self._heap_seq = itertools.count()
         self._touched: set[Link] = set()  # links whose deadline must be recomputed
         self._last_origination = -INF
+        self._throttle = params.lsa_min_interval
         self._origination_due = INF  # a coalesced origination waiting for the interval
         self._originate(now, force=True)
 
@@ -186,7 +195,7 @@ class Node:
             self._touched.discard(link)
             self.events.append(("link.removed", {"link": _name(link)}))
             if was_up:
-                self._changed(now, urgent=True)
+                self._changed(now)
 
     def set_interface(self, ifindex: int, up: bool, now: float) -> None:
         if self.iface_up.get(ifindex) == up:
@@ -219,7 +228,7 @@ class Node:
             link.flaps += 1
             self.events.append(("neighbor.down", {"link": _name(link), "neighbor": _ip(link.peer_id),
                                                   "reason": reason}))
-            self._changed(now, urgent=True)
+            self._changed(now)
 
     def _up(self, link: Link, now: float) -> None:
         link.state = State.UP
@@ -234,10 +243,10 @@ class Node:
         self._touch(link)
         self._changed(now)
 
-    def _changed(self, now: float, urgent: bool = False) -> None:
-        """A link came up or went down (``urgent``: not paced): re-originate our LSA and
-        recompute routes."""
-        self._originate(now, urgent=urgent)
+    def _changed(self, now: float) -> None:
+        """A link came up or went down: re-originate our LSA (throttled) and recompute routes
+        (at once: they follow our current links)."""
+        self._originate(now)
         self.routes_version += 1
 
     # --- deadlines ------------------------------------------------------------------------------
@@ -295,14 +304,11 @@ class Node:
                     best[link.peer_id] = cost
         return list(best.items())
 
-    def _originate(self, now: float, force: bool = False, links=None,
-                   urgent: bool = False) -> None:
-        """Originate our LSA if it says something new (or ``force``), at most once per
-        ``lsa_min_interval`` unless ``urgent``: within it, the origination waits for the
-        interval's end."""
-        if (not force and not urgent and links is None
-                and now < self._last_origination + self.p.lsa_min_interval):
-            self._origination_due = self._last_origination + self.p.lsa_min_interval
+    def _originate(self, now: float, force: bool = False, links=None) -> None:
+        """Originate our LSA if it says something new (or ``force``), throttled (module
+        docstring): within the throttle interval the origination waits for its end."""
+        if not force and links is None and now < self._last_origination + self._throttle:
+            self._origination_due = self._last_origination + self._throttle
             return
         links = self._own_links() if links is None else links
         own = self.lsdb.lsas.get(self.id)
@@ -323,6 +329,11 @@ class Node:
         if not force and own is not None and _body(own) == _body(candidate):
             return
         self.seq += 1
+        base = self.p.lsa_min_interval
+        if now - self._last_origination < 2 * self._throttle:  # close after the last: back off
+            self._throttle = min(LSA_THROTTLE_MAX, max(base, self._throttle * 2))
+        else:
+            self._throttle = base
         self._last_origination = now
         self.counters["lsa_originated"] += 1
         self.lsdb.install(candidate, now)
@@ -447,6 +458,7 @@ class Node:
             if at > link.last_rx:
                 link.last_rx = at
             if isinstance(msg, wire.LinkStateUpdate):
+                link.updates_in += 1
                 self._lsu(link, msg, now)
             else:
                 for origin, seq in msg.acks:
@@ -473,8 +485,12 @@ class Node:
         if link.peer_id is not None and link.peer_id != sender:
             self._down(link, now, "neighbor changed identity")
         heard_us = bool(h.state & wire.HELLO_HEARD and h.echo_us)
+        peer_up = bool(h.state & wire.HELLO_UP)
         if link.up and not heard_us:
             self._down(link, now, "neighbor stopped hearing us")
+        elif link.up and link.peer_up and not peer_up:
+            self._down(link, now, "neighbor restarted or reset the link")
+        link.peer_up = peer_up
         link.peer_id = sender
         if at > link.last_rx:
             link.last_rx = at
@@ -583,7 +599,7 @@ class Node:
                     moved = True  # a cost moved significantly
                 self._touch(link)
             if moved:
-                self._originate(now)
+                self._changed(now)  # our routes follow at once, the LSA when the throttle allows
         if now >= self._origination_due:
             self._originate(now)
         if now >= self._next_refresh:
@@ -618,12 +634,17 @@ class Node:
 
     # --- routes ---------------------------------------------------------------------------------
 
+    def graph(self) -> dict[int, dict[int, int]]:
+        """The topology as this node sees it now: the LSDB's graph with our current links (our
+        own LSA may wait for the origination throttle; our routes do not)."""
+        return self.lsdb.graph_with(tuple(sorted(self._own_links())))
+
     def spf(self):
-        return spf(self.lsdb.graph(), self.id)
+        return spf(self.graph(), self.id)
 
     def routes(self) -> RouteSet:
         if self._routes_at != self.routes_version:
-            out = assemble(self.lsdb.lsas, self.lsdb.graph(), self.id,
+            out = assemble(self.lsdb.lsas, self.graph(), self.id,
                            self.nexthops_by_neighbor(), self.p.route_policy())
             self._routes, self._reachable, self.group_choice = (out.routes, out.reachable,
                                                                 out.group_choice)

@@ -148,7 +148,7 @@ class Forwarding:
             return
         self._cache_version = version
         node = self.engine
-        result = spf(node.lsdb.graph(), node.id)
+        result = spf(node.graph(), node.id)
         hops = node.nexthops_by_neighbor()
         fib = {}
         for dst, (cost, first) in result.items():

@@ -45,6 +45,8 @@ class LSDB:
         self.stamp: dict[int, float] = {}
         self._unreachable_since: dict[int, float] = {}
         self._graph: dict[int, dict[int, int]] | None = None
+        self._with = None  # (key, graph) of graph_with
+        self._version = 0  # moves whenever the graph may change
 
     def __len__(self) -> int:
         return len(self.lsas)
@@ -61,6 +63,7 @@ class LSDB:
         self.stamp[lsa.origin] = now
         if old is None or old.links != lsa.links:
             self._graph = None
+            self._version += 1
         return True
 
     def remove(self, origin: int) -> None:
@@ -68,19 +71,26 @@ class LSDB:
             self.stamp.pop(origin, None)
             self._unreachable_since.pop(origin, None)
             self._graph = None
+            self._version += 1
 
     def graph(self) -> dict[int, dict[int, int]]:
         if self._graph is None:
-            said = {o: {} for o in self.lsas}
-            for o, lsa in self.lsas.items():
-                adj = said[o]
-                for n, c in lsa.links:
-                    c = graph_cost(c)
-                    if n != o and c < adj.get(n, 1 << 62):
-                        adj[n] = c
-            self._graph = {o: {n: c for n, c in adj.items() if o in said.get(n, ())}
-                           for o, adj in said.items()}
+            self._graph = _graph(self.lsas)
         return self._graph
+
+    def graph_with(self, own_links: tuple[tuple[int, int], ...]) -> dict[int, dict[int, int]]:
+        """The graph as it is once our own LSA says ``own_links``: the node's local view while
+        the origination of that LSA is throttled (routing must not wait for it)."""
+        own = self.lsas.get(self.self_id)
+        if own is not None and own.links == own_links:
+            return self.graph()
+        key = (self._version, own_links)
+        if self._with is None or self._with[0] != key:
+            lsas = dict(self.lsas)
+            lsas[self.self_id] = LSA(self.self_id, own.seq if own else 0, own_links,
+                                     own.prefixes if own else (), own.groups if own else ())
+            self._with = (key, _graph(lsas))
+        return self._with[1]
 
     def expire(self, now: float, reachable) -> list[int]:
         """Drop LSAs past their age or unreachable too long; return the origins dropped."""
@@ -99,3 +109,15 @@ class LSDB:
             self.remove(origin)
             gone.append(origin)
         return gone
+
+
+def _graph(lsas) -> dict[int, dict[int, int]]:
+    """The two-way graph of ``lsas`` (origin -> {neighbor: cost})."""
+    said = {o: {} for o in lsas}
+    for o, lsa in lsas.items():
+        adj = said[o]
+        for n, c in lsa.links:
+            c = graph_cost(c)
+            if n != o and c < adj.get(n, 1 << 62):
+                adj[n] = c
+    return {o: {n: c for n, c in adj.items() if o in said.get(n, ())} for o, adj in said.items()}

@@ -45,6 +45,7 @@ class Sim:
         self.addr = {}
         self.delivered = 0
         self.lost = 0
+        self.events: list | None = None  # a list: every node's events go there, (node, event)
         next_if = dict.fromkeys(self.ids, 10)
         for k, (a, b) in enumerate(edges):
             ia, ib = next_if[a], next_if[b]
@@ -101,6 +102,8 @@ class Sim:
                 heapq.heappush(self.queue, (self.now + self.wire_delay.get(w, self.delay),
                                             next(self._seq), 0, peer, pif, src, pkt))
             node.outbox.clear()
+        if self.events is not None:
+            self.events.extend((i, e) for e in node.events)
         node.events.clear()
         due = node.next_deadline()
         if self._due.get(i) != due:

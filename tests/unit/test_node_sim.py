@@ -71,6 +71,49 @@ def test_node_restart_converges_and_beats_its_old_lsa(ring):
     assert ring.nodes[3].seq > old_seq
 
 
+def restart(sim, i, seed=3):
+    """A fresh engine for node i, on the same links (a daemon restarted)."""
+    old = sim.nodes[i]
+    sim.nodes[i] = Node(old.p, sim.now, initial_seq=1, rng=random.Random(seed))
+    for (a, b), (ifx, peer) in sim.addr.items():
+        if a == i:
+            sim.nodes[i].add_link(ifx, "", sim.wires[(i, ifx)][2], peer, sim.now)
+
+
+def test_restart_faster_than_dead_interval_gets_the_whole_database(ring):
+    # The restarted daemon hears its neighbors before they hear it (a daemon that reads its
+    # socket late does so): its first hellos already say HEARD, never UP.  The neighbors must
+    # still see a reset, bring the link down and up, and send it their whole database.
+    ring.events = []
+    restart(ring, 3)
+    out = [frozenset({(3, ring.addr[(3, p)][0])}) for p in (2, 5)]
+    ring.cut.update(out)  # 3 -> neighbors silent for a moment, well inside the dead interval
+    ring.run(0.1)
+    ring.cut.difference_update(out)
+    full = lambda: len(ring.nodes[3].lsdb) == 5 and converged(ring)
+    assert ring.run_until(full, 3) is not None
+    reasons = {e[1].get("reason") for i, e in ring.events if e[0] == "neighbor.down"}
+    assert "neighbor restarted or reset the link" in reasons
+
+
+def test_a_flapping_link_is_advertised_with_backoff_and_routes_follow_at_once(ring):
+    n1 = ring.nodes[1]
+    before = n1.counters["lsa_originated"]
+    flaps = 0
+    for k in range(40):  # 4 s of a link flapping every 50 ms
+        ring.carrier(1, 2, k % 2 == 1)
+        flaps += 1
+        ring.run(0.05)
+        if k % 2 == 0:  # our own routes never wait for the throttle to leave a dead link
+            assert ring.next_hop_node(1, 3) == {4}
+    assert n1.counters["lsa_originated"] - before < flaps / 3
+    # quiet again (link up): the overlay agrees on the final state within the longest wait
+    assert ring.run_until(lambda: converged(ring) and all(
+        n.lsdb.lsas[n1.id] == n1.lsdb.lsas[n1.id] for n in ring.nodes.values())
+        and ring.next_hop_node(1, 3) == {2}, 6) is not None
+    assert dict(ring.nodes[5].lsdb.lsas[n1.id].links) == dict(n1._own_links())
+
+
 def test_withdraw_reroutes_neighbors_at_once(ring):
     ring.nodes[2].withdraw(ring.now)
     ring.run(0.01)
