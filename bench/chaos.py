@@ -1,4 +1,4 @@
-"""Chaos soak benchmark: the 10-node ring with 4 chords of ``spines_kr.lab.chaos``, real daemons,
+"""Chaos soak benchmark: the 10-node ring with 4 chords of ``tests/lab/chaos.py``, real daemons,
 ROUNDS rounds (default 40) of random silent link failures, carrier losses and SIGKILL + restarts
 (seeded: SEED, default random, printed).  Every round ends when every node's kernel table equals
 the oracle's (networkx on the live links) and kept matching for half a second; each daemon must
@@ -25,7 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spines_kr.lab import chaos, netns, ops  # noqa: E402
+from spines_kr.lab import netns, ops  # noqa: E402
+from tests.lab import chaos  # noqa: E402  (networkx: a test dependency)
 
 
 def main() -> int:

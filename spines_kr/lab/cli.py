@@ -65,12 +65,17 @@ def cmd_up(args) -> int:
         return _error(f"--join: {problem}", EXIT_USAGE)
     slot = netns.join_slot(args.join) if args.join else 0
     topo = load(args.topology, slot=slot)
-    st = netns.up(topo, args.name, port=args.port, join=args.join, keep_routes=args.keep_routes)
+    st = netns.up(topo, args.name, port=args.port, join=args.join, keep_routes=args.keep_routes,
+                  daemon_config=args.daemon_config)
     hosts = f", {len(st['hosts'])} hosts" if st["hosts"] else ""
     joined = (f", joined to lab {st['join']} (port {st['port']}, table {st['table']})"
               if st["join"] else "")
     print(f"lab {st['name']} up: {len(st['nodes'])} nodes, {len(st['links'])} links{hosts}"
           f"{joined}, state in {st['state_dir']}")
+    t, ready = st["timings"], [n["ready_s"] for n in st["nodes"] if n.get("ready_s") is not None]
+    if t.get("up_s") is not None:
+        print(f"up in {t['up_s']:.1f} s: build {t['build_s']:.1f} s, daemons {t['start_s']:.1f} s"
+              + (f" (slowest ready {max(ready):.1f} s after its start)" if ready else ""))
     _print_status(st)
     return EXIT_OK
 
@@ -190,6 +195,9 @@ def add_lab_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--keep-routes", action="store_true",
                    help="daemons keep their routes at a clean exit (a SIGTERM restart keeps "
                         "them too)")
+    p.add_argument("--daemon-config", metavar="FILE",
+                   help="a daemon configuration file (TOML) every daemon reads (-c), e.g. "
+                        "slower timers for a large lab on a small machine")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop the daemons and remove everything the lab created "

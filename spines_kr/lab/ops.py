@@ -6,8 +6,11 @@ Entry points (``st`` is ``netns.status(lab)``; a "member" is a node or a host of
     kernel_routes(netns, table=254) -> {dst: [gateway, ...]}
                                                         routes of proto spines in one table
     kernel_rules(netns, table) -> [priority, ...]      policy rules of proto spines -> table
+    all_routes(st) -> {node: {dst: [gateway, ...]}}     kernel_routes of every node, read over
+                                                        netlink (``lab.routes``: no process each)
     converged(st) / wait_converged(st, timeout) -> seconds or None
                                                         (in the lab's table: ``st["table"]``)
+    unconverged(st) -> [node names]                     the nodes whose tables are not complete
     address_of(st, member) -> address                   a node's logical ID, a host's address
     netns_of(st, member) -> namespace name
     ping(st, src, dst, count=3, source=None) -> CompletedProcess
@@ -29,6 +32,7 @@ silent failures use an nftables table of their own (``spines_kr_lab_<table>``).
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import json
 import subprocess
@@ -37,6 +41,7 @@ import time
 
 from spines_kr import RTPROT_SPINES
 from spines_kr.lab import netns as labns
+from spines_kr.lab import routes as _routes
 
 MAIN_TABLE = 254
 
@@ -125,20 +130,34 @@ def _end(st: dict, a: str, b: str) -> tuple[str, str]:
     return (l["a_ifname"], l["a_address"]) if l["a"] == a else (l["b_ifname"], l["b_address"])
 
 
+def all_routes(st: dict, gateways: bool = True) -> dict[str, dict[str, list[str]]]:
+    """``kernel_routes`` of every node of the lab, in its table: {node: {dst: gateways}} (with
+    ``gateways=False`` only the destinations are decoded: every list is empty)."""
+    by_ns = _routes.dump([n["netns"] for n in st["nodes"]], table_of(st), gateways=gateways)
+    return {n["name"]: by_ns[n["netns"]] for n in st["nodes"]}
+
+
+def unconverged(st: dict) -> list[str]:
+    """The nodes that lack a spines route to another node's logical ID or advertised prefix, or
+    have one to anything else but group routes (anycast/multicast /32s, the gateway default), in
+    the lab's table.  One netlink dump per node (``all_routes``)."""
+    own = {n["name"]: {n["logical_id"] + "/32", *n.get("prefixes", [])} for n in st["nodes"]}
+    owners = collections.Counter(d for dsts in own.values() for d in dsts)
+    every = set(owners)
+    out = []
+    for name, have in all_routes(st, gateways=False).items():
+        want = every - {d for d in own[name] if owners[d] == 1}  # another node's too: wanted
+        got = have.keys()
+        if want - got or any(not _group_route(d) for d in got - want):
+            out.append(name)
+    return out
+
+
 def converged(st: dict) -> bool:
     """Every node has a spines route to every other node's logical ID and advertised prefixes,
     and to nothing else but group routes (anycast/multicast /32s, the gateway default), in the
     lab's table."""
-    table = table_of(st)
-    for n in st["nodes"]:
-        want = set()
-        for o in st["nodes"]:
-            if o["name"] != n["name"]:
-                want |= {o["logical_id"] + "/32", *o.get("prefixes", [])}
-        have = {d for d in kernel_routes(n["netns"], table) if not _group_route(d)}
-        if have != want:
-            return False
-    return True
+    return not unconverged(st)
 
 
 def _group_route(dst: str) -> bool:

@@ -52,7 +52,8 @@ namespaces belong to the lab that created the namespaces.
 
 Entry points: ``parse(text)``, ``load(path)``, ``from_dict(data)`` -> ``Topology`` (each takes
 ``slot=``);
-``DEMO_TOPOLOGY`` (TOML text of the 5-node ring used by ``lab demo`` and the tests).  Every problem
+``DEMO_TOPOLOGY`` (TOML text of the 5-node ring used by ``lab demo`` and the tests);
+``ring(n, chord=None)`` -> ``Topology`` (a ring with chords, average degree 4, for labs at scale).  Every problem
 raises ``TopologyError`` with a one-line message that starts with the field, e.g.
 ``link[2].b: unknown node 'n9'`` (indices count from 0, in file order).  No I/O except ``load``.
 """
@@ -478,3 +479,24 @@ def load(path, *, slot: int = 0) -> Topology:
 def demo() -> Topology:
     """The embedded demo ring."""
     return parse(DEMO_TOPOLOGY)
+
+
+def ring(n: int, chord: int | None = None, *, metric: str = DEFAULT_METRIC) -> Topology:
+    """Nodes n1..n<n> in a ring, each also linked to the node ``chord`` places on (a circulant
+    graph C_n(1, chord)): degree 4 everywhere (3 when ``chord`` is n/2), diameter about
+    n / (2 chord) + chord / 2.  ``chord`` defaults to round(sqrt(n)) (diameter about sqrt(n));
+    0 or 1 makes the plain ring.  Links in ring order, then the chords."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 3:
+        raise TopologyError(f"ring: {n!r} nodes; a ring needs at least 3")
+    chord = max(2, round(n ** 0.5)) if chord is None else chord
+    if not 0 <= chord < n:
+        raise TopologyError(f"ring: chord {chord} is not in 0..{n - 1}")
+    pairs, seen = [], set()
+    for step in (1, chord) if chord > 1 and chord != n - 1 else (1,):
+        for i in range(n):
+            a, b = i, (i + step) % n
+            if frozenset((a, b)) not in seen:
+                seen.add(frozenset((a, b)))
+                pairs.append((a, b))
+    return from_dict({"metric": metric, "node": [{"name": f"n{i + 1}"} for i in range(n)],
+                      "link": [{"a": f"n{a + 1}", "b": f"n{b + 1}"} for a, b in pairs]})

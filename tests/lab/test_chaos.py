@@ -1,4 +1,4 @@
-"""Chaos soak with real daemons: a ring of 10 with 4 chords (``spines_kr.lab.chaos``), random
+"""Chaos soak with real daemons: a ring of 10 with 4 chords (``tests/lab/chaos.py``), random
 silent link failures, carrier losses and SIGKILL + restarts; after each round's quiet period every
 node's kernel table equals the oracle's (networkx on the live links, lowest-ID first hop), every
 daemon is alive and no route of another protocol changed.
@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-from spines_kr.lab import chaos, netns, ops
+from spines_kr.lab import netns, ops
+from tests.lab import chaos
 
 # silent failures are nftables drops
 pytestmark = [pytest.mark.timeout(400), pytest.mark.needs("veth", "nftables")]

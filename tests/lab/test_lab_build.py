@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from spines_kr.lab import netns, ops, topology
+from spines_kr.lab import build, netns, ops, topology
 from spines_kr.lab.cli import add_lab_parser
 from tests.lab.conftest import standin_argv
 
@@ -83,7 +84,8 @@ def test_up_builds_the_ring_and_down_removes_it(lab_name):
     n1 = st["nodes"][0]
     args = json.loads(Path(n1["log"]).read_text())
     assert args == ["daemon", "-p", "8100", "-l", "10.100.0.1", "-I", "10.200.0.1",
-                    "-I", "10.200.0.18", "-a", "10.200.0.2", "-a", "10.200.0.17", "-k", "0", "-k", "1",
+                    "-I", "10.200.0.18", "-a", "10.200.0.2", "-a", "10.200.0.17", "--multipath",
+                    "-k", "0", "-k", "1",
                     "--key-file", str(Path(st["state_dir"]) / "key.toml"),
                     "-m", "-w", "distance", "-lf", n1["log"], "-ud",
                     str(Path(st["state_dir"]) / "n1.ipc"), "--control-socket",
@@ -163,9 +165,86 @@ def test_up_fails_and_cleans_up_when_a_daemon_exits(lab_name, monkeypatch):
 
 def test_up_times_out_and_cleans_up(lab_name, monkeypatch):
     monkeypatch.setenv("STANDIN_NO_SOCKET", "1")
-    with pytest.raises(netns.LabError, match="not ready after 0.5 s"):
-        lab_up(lab_name, timeout=0.5)
+    with pytest.raises(netns.LabError) as err:
+        lab_up(lab_name, timeout=0.5, window=4)
+    # The first to miss its deadline is the first spawned (the others may miss theirs in the
+    # same check); n5 was never spawned: four were starting, none got ready.
+    first = str(err.value).splitlines()[0]
+    assert re.match(r"daemons? of nodes? n1(, n[234])* not ready after 0.5 s from (its|their) "
+                    r"start \(no connection on the control socket\)$", first), first
     assert_gone(lab_name, [])
+
+
+def test_each_daemon_has_its_own_readiness_deadline(lab_name, monkeypatch):
+    # One at a time, 1.2 s each: 6 s in all, more than the deadline, which each one meets.
+    monkeypatch.setenv("STANDIN_DELAY", "1.2")
+    st = lab_up(lab_name, timeout=3.5, window=1)
+    assert all(n["alive"] for n in st["nodes"])
+    assert all(n["ready_s"] >= 1.2 for n in st["nodes"]), [n["ready_s"] for n in st["nodes"]]
+    assert st["timings"]["start_s"] >= 6.0 and st["timings"]["up_s"] >= st["timings"]["start_s"]
+    state = json.loads((Path(st["state_dir"]) / "state.json").read_text())
+    assert state["phase"] == "up" and all(n["ready_s"] for n in state["nodes"])
+
+
+def test_a_daemon_that_never_gets_ready_is_named_alone(lab_name, monkeypatch):
+    monkeypatch.setenv("STANDIN_NO_SOCKET_FOR", "10.100.0.3")
+    with pytest.raises(netns.LabError) as err:
+        lab_up(lab_name, timeout=4, window=5)
+    msg = str(err.value)
+    assert msg.startswith("daemon of node n3 not ready after 4 s from its start"), msg
+    assert not any(f"n{i}" in msg.splitlines()[0] for i in (1, 2, 4, 5))
+    assert_gone(lab_name, [])
+
+
+def test_a_daemon_that_exits_is_named(lab_name, monkeypatch):
+    monkeypatch.setenv("STANDIN_EXIT_FOR", "10.100.0.4")
+    with pytest.raises(netns.LabError, match=r"(?s)^daemon of node n4 exited with status 3 before "
+                                             r"it was ready.*n4\.out:\n    stand-in: boom"):
+        lab_up(lab_name)
+    assert_gone(lab_name, [])
+
+
+def test_every_daemon_reads_the_lab_daemon_config(lab_name, tmp_path):
+    conf = tmp_path / "timers.toml"
+    conf.write_text("hello_interval_ms = 200\ndead_interval_ms = 1000\n")
+    st = lab_up(lab_name, daemon_config=conf)
+    copy = Path(st["state_dir"]) / "daemon.toml"
+    assert copy.read_text() == conf.read_text()
+    for n in st["nodes"]:
+        args = json.loads(Path(n["log"]).read_text())
+        assert args[args.index("-c") + 1] == str(copy)
+    netns.down(lab_name)
+    with pytest.raises(netns.LabError, match="daemon configuration .*missing.toml"):
+        lab_up(lab_name, daemon_config=tmp_path / "missing.toml")
+    assert_gone(lab_name, [])
+
+
+@pytest.mark.needs("nexthop_objects")
+def test_routes_read_over_netlink_equal_what_ip_shows(lab_name):
+    st = lab_up(lab_name)
+    assert ops.unconverged(st) == ["n1", "n2", "n3", "n4", "n5"]  # stand-ins make no routes
+    ns = st["nodes"][0]["netns"]
+    gw1, gw2 = "10.200.0.2", "10.200.0.17"  # n1's neighbours n2 and n4, across its two links
+    for args in (["nexthop", "add", "id", "7", "via", gw1, "dev", "to-n2", "proto", "81"],
+                 ["nexthop", "add", "id", "8", "via", gw2, "dev", "to-n4", "proto", "81"],
+                 ["nexthop", "add", "id", "9", "group", "7/8", "proto", "81"],
+                 ["route", "add", "10.100.0.2", "nhid", "7", "proto", "81"],
+                 ["route", "add", "10.100.0.3", "nhid", "9", "proto", "81"],
+                 ["route", "add", "10.100.0.4", "proto", "81", "nexthop", "via", gw1,
+                  "nexthop", "via", gw2],
+                 ["route", "add", "10.100.0.5/32", "via", gw2, "proto", "81"],
+                 ["route", "add", "10.100.0.5/32", "via", gw1, "proto", "81", "metric", "50"],
+                 ["route", "add", "247.0.0.1", "via", gw1, "proto", "81"],
+                 ["route", "add", "192.0.2.0/24", "via", gw1, "proto", "static"],
+                 ["route", "add", "default", "via", gw2, "proto", "81", "table", "8200"]):
+        ip("-n", ns, *args)
+    mine = ops.all_routes(st)["n1"]
+    assert mine == ops.kernel_routes(ns) and mine["10.100.0.3/32"] == sorted([gw1, gw2])
+    assert set(mine) == {"10.100.0.2/32", "10.100.0.3/32", "10.100.0.4/32", "10.100.0.5/32",
+                         "247.0.0.1/32"}
+    joined = {**st, "table": 8200}
+    assert ops.all_routes(joined)["n1"] == ops.kernel_routes(ns, 8200) == {"0.0.0.0/0": [gw2]}
+    assert ops.unconverged(st) == ["n2", "n3", "n4", "n5"]  # n1 is complete: a group route is fine
 
 
 def test_up_refuses_a_lab_that_exists(lab_name):
@@ -354,37 +433,53 @@ def test_up_fails_and_removes_the_hosts_too(lab_name, monkeypatch):
 
 CRASH = """
 import os, sys
-from spines_kr.lab import netns, ops, topology
+from spines_kr.lab import build, daemons, netns, topology
 from tests.lab.conftest import standin_argv
 lab, when = sys.argv[1], sys.argv[2]
-real = netns._run
-def run(argv):
-    out = real(argv)
-    if when == "build" and argv[:3] == ["ip", "-n", lab + "-h2"] and "route" in argv:
-        os._exit(9)  # dies with h1 and h2 built, h3 planned but not there
+real_batch, real_spawn = build.batch, daemons._spawn
+def batch(lines, netns=None, force=False):
+    if when == "namespaces" and f"netns add {lab}-h3" in lines:
+        real_batch(lines[:lines.index(f"netns add {lab}-h3")], netns, force)
+        os._exit(9)  # dies with h1 and h2 made, h3 planned but not there
+    out = real_batch(lines, netns, force)
+    if when == "links" and lines[0].startswith("link add"):
+        os._exit(9)  # dies with the veth pairs made, no address on them
     return out
-netns._run = run
+spawned = []
+def spawn(state, node, env):
+    out = real_spawn(state, node, env)
+    spawned.append(node["name"])
+    if when == "start" and len(spawned) == 2:
+        os._exit(9)  # dies with two daemons running that the state does not record
+    return out
+build.batch, daemons._spawn = batch, spawn
 netns.up(topology.parse(sys.stdin.read()), lab, daemon=standin_argv)
 os._exit(9)  # dies with the lab up, its daemons left running
 """
 
 
 @NEEDS_HOSTS
-@pytest.mark.parametrize("when", ["build", "up"])
-def test_down_removes_hosts_after_up_crashed(lab_name, when):
+@pytest.mark.parametrize("when", ["namespaces", "links", "start", "up"])
+def test_down_removes_everything_after_up_crashed(lab_name, when):
     r = subprocess.run([sys.executable, "-c", CRASH, lab_name, when], input=HOSTS_TOPOLOGY,
                        capture_output=True, text=True, timeout=60, cwd=netns.REPO_ROOT,
                        env=dict(os.environ, PYTHONPATH=str(netns.REPO_ROOT)))
     assert r.returncode == 9, r.stderr
     have = lab_netns(lab_name)
-    assert f"{lab_name}-h2" in have and (f"{lab_name}-h3" in have) == (when == "up")
-    pids = [n["pid"] for n in netns.status(lab_name)["nodes"] if n["pid"]]
-    assert len(pids) == (3 if when == "up" else 0)
-    assert all(n["alive"] for n in netns.status(lab_name)["nodes"]) == (when == "up")
+    assert f"{lab_name}-h2" in have and (f"{lab_name}-h3" in have) == (when != "namespaces")
+    links = json.loads(ip("-n", f"{lab_name}-n2", "-j", "link", "show"))
+    assert (len(links) == 3) == (when != "namespaces")  # lo and the links to n1 and n3
+    recorded = [n["pid"] for n in netns.status(lab_name)["nodes"] if n["pid"]]
+    running = [p for ns, pids in build.pids_in(have).items() for p in pids]
+    assert len(recorded) == (3 if when == "up" else 0)
+    assert len(running) == {"start": 2, "up": 3}.get(when, 0)
     report = netns.down(lab_name)
     assert not report["problems"], report
-    assert {f"{lab_name}-h1", f"{lab_name}-h2"} <= set(report["netns_deleted"])
-    assert_gone(lab_name, pids)
+    stopped = {"start": ["n1", "n2"], "up": ["n1", "n2", "n3"]}.get(when, [])
+    assert sorted(report["stopped"]) == stopped
+    assert sorted(report["netns_deleted"]) == sorted(have)
+    assert not report["warnings"]
+    assert_gone(lab_name, running)
 
 
 # -- a second overlay joined to a lab's namespaces ----------------------------------------------

@@ -1,6 +1,8 @@
 """Chaos soak on a running lab: random silent link failures, carrier losses and daemon
 kills/restarts, and after each quiet period every node's kernel routes checked against an oracle
-computed from the live topology.  Used by ``tests/lab/test_chaos.py`` and ``bench/chaos.py``.
+computed from the live topology.  Used by ``tests/lab/test_chaos.py`` and ``bench/chaos.py``
+(``from tests.lab import chaos``); it lives with the tests, not in the installed package,
+because the oracle needs networkx, a test dependency.
 
 Entry points:
     TOPOLOGY, topology() -> Topology        10 nodes n0..n9: a ring plus 4 chords (n0-n5, n2-n7,
@@ -9,7 +11,7 @@ Entry points:
     expected_routes(st, failed) -> {node: {dst: [gateway]}}
                                             the oracle (networkx; ``failed`` = links taken out)
     components(st, failed) -> int           connected pieces of the live graph
-    actual_routes(st) -> {node: {dst: [gateway]}}   ``ops.kernel_routes`` of every node
+    actual_routes(st) -> {node: {dst: [gateway]}}   every node's table (``ops.all_routes``)
     route_diff(want, have) -> {node: {"missing", "extra", "wrong"}}   (empty: all equal)
     other_routes(st, skip=None) -> {node: [route JSON]}   every IPv4 route of every table that is
                                             not protocol spines (81); ``skip``: {node: ifnames}
@@ -97,7 +99,7 @@ def _ip_int(addr: str) -> int:
 def expected_routes(st: dict, failed=()) -> dict[str, dict[str, list[str]]]:
     """What every node's kernel table should hold: {node: {dst: sorted gateways}} (see the
     module)."""
-    import networkx as nx  # a test dependency; the lab package itself does not need it
+    import networkx as nx  # a test dependency (this module is not part of the package)
 
     nodes = {n["name"]: n for n in st["nodes"]}
     down = {_key(*l) if isinstance(l, tuple) else l for l in failed}
@@ -138,7 +140,7 @@ def components(st: dict, failed=()) -> int:
 
 
 def actual_routes(st: dict) -> dict[str, dict[str, list[str]]]:
-    return {n["name"]: ops.kernel_routes(n["netns"], ops.table_of(st)) for n in st["nodes"]}
+    return ops.all_routes(st)
 
 
 def route_diff(want: dict, have: dict) -> dict:
