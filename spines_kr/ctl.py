@@ -16,7 +16,8 @@ import errno
 import json
 import socket
 
-SHOW = ("status", "neighbors", "links", "routes", "topology", "groups")  # the daemon's views
+SHOW = ("status", "neighbors", "links", "routes", "topology", "groups",
+        "sync")  # the daemon's views
 
 
 def request(path: str, obj: dict, timeout: float = 10.0) -> dict:

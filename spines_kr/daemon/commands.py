@@ -244,6 +244,18 @@ class Commands:
 
     VIEWS = ("status", "neighbors", "links", "routes", "topology", "groups")
 
+    def sync(self) -> dict:
+        """Cheap convergence facts (what ``lab.ops.converged`` polls): a digest of the LSDB
+        (every node of a converged overlay holds the same), whether our own LSA waits for
+        the origination throttle, and our routes against the kernel's."""
+        d = self._d
+        node = d.node
+        ks = d.kernel_sync
+        return {"lsdb_digest": f"{node.digest():08x}", "nodes": len(node.lsdb),
+                "origination_pending": node.origination_pending(),
+                "routes": len(node.routes()),
+                "routes_installed": len(ks.installed) if ks is not None else 0}
+
     def view(self, what: str):
         if what == "links":
             what = "neighbors"

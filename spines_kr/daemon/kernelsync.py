@@ -63,6 +63,7 @@ class KernelSync:
         self.attempted = -1
         self.synced_version = -1
         self.hold = False
+        self.withdrawn = False
         self.hold_until = 0.0
         self._hold_started = 0.0
         self._last_desired: RouteSet | None = None
@@ -115,6 +116,8 @@ class KernelSync:
 
     def poke(self) -> None:
         """Something happened: sync if the desired routes may have moved (or a dump is due)."""
+        if self.withdrawn:
+            return  # leaving: what is deleted stays deleted
         if self._in_flight or self._scheduled:
             self._dirty = True
             return
@@ -147,6 +150,8 @@ class KernelSync:
 
     def _start(self) -> None:
         self._scheduled = False
+        if self.withdrawn:
+            return
         if self._in_flight:
             self._dirty = True
             return
@@ -268,8 +273,9 @@ class KernelSync:
     # --- exit -----------------------------------------------------------------------------------
 
     def withdraw(self, done: Callable[[SyncResult | None, BaseException | None], None]) -> None:
-        """Delete every route of ours (after the sync in flight, if any)."""
+        """Delete every route of ours (after the sync in flight, if any); no sync follows."""
         self.deadline.cancel()
+        self.withdrawn = True
 
         def job() -> SyncResult:
             return self.reconciler.sync({})

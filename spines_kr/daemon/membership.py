@@ -4,7 +4,7 @@ Data model (``Membership``): the engine holds the groups (they travel in our LSA
 keeps who holds each group (``holders``: group -> origins such as "config", "control" for
 ``spines-kr join``, "igmp" for the hosts of our LANs, "session:<id>" for a client session): the
 node is a member while anyone holds the group, so a session leaving does not undo an explicit
-join.  It decides whether a join may happen (a routable group, at most ``max_own_groups``: a
+join; the operator's leave ("control") lets go of the config's hold too.  It decides whether a join may happen (a routable group, at most ``max_own_groups``: a
 refusal is counted as ``refused.own_groups`` and logged once a minute per origin with a count),
 and keeps
 the loopback addresses of the groups this node delivers locally in step (``netlink.addresses``:
@@ -63,6 +63,11 @@ class Membership:
             changed = node.join(key, now)
         else:
             holders.discard(origin)
+            if origin == "control":
+                # The operator's leave overrides the config file's join (until a reload that
+                # lists the group anew, or a restart); holders that are programs -- sessions,
+                # IGMP hosts -- keep the node a member, and the reply says who.
+                holders.discard("config")
             changed = False
             if not holders:
                 del self.holders[key]

@@ -119,7 +119,7 @@ class Multicast:
         """(iif vif, {oif vif: ttl}) for (S, G) by the tree of S's node, or None to leave it."""
         node = self.c.engine
         g = _int(group)
-        lsas = node.lsdb.lsas
+        lsas = node.lsas()
         root = grp.source_node(lsas, _int(source))
         if root is None:
             local = any(addr == source or ipaddress.IPv4Address(source) in

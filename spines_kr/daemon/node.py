@@ -47,6 +47,8 @@ import heapq
 import ipaddress
 import itertools
 import random
+import struct
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 
@@ -62,6 +64,7 @@ from spines_kr.wire import packets as wire
 from spines_kr.wire.auth import KeyRing
 
 EXPIRE_EVERY = 1.0
+_DIGEST = struct.Struct("!IQ")
 LSA_THROTTLE_MAX = 5.0  # s: the longest an origination waits while changes keep coming
 SEQ_HEADROOM = 1 << 32  # an own LSA this close to the maximum is not jumped past
 INF = float("inf")
@@ -170,6 +173,7 @@ class Node:
         self._last_origination = -INF
         self._throttle = params.lsa_min_interval
         self._origination_due = INF  # a coalesced origination waiting for the interval
+        self.withdrawn = False  # withdraw() was called: the daemon is leaving
         self._originate(now, force=True)
 
     # --- links ----------------------------------------------------------------------------------
@@ -295,6 +299,8 @@ class Node:
     # --- origination ----------------------------------------------------------------------------
 
     def _own_links(self) -> list[tuple[int, int]]:
+        if self.withdrawn:
+            return []
         best: dict[int, int] = {}
         for link in self.links.values():
             if link.up and link.peer_id is not None and link.cost.advertised is not None:
@@ -376,6 +382,7 @@ class Node:
         self.groups.add(group)
         self.events.append(("group.joined", {"group": _ip(group)}))
         self._originate(now)
+        self.routes_version += 1  # our routes follow at once, the LSA when throttling allows
         self._settle(now)
         return True
 
@@ -385,6 +392,7 @@ class Node:
         self.groups.discard(group)
         self.events.append(("group.left", {"group": _ip(group)}))
         self._originate(now)
+        self.routes_version += 1  # our routes follow at once, the LSA when throttling allows
         self._settle(now)
         return True
 
@@ -392,7 +400,9 @@ class Node:
         """Clean exit: tell the overlay we have no links, so it reroutes without waiting."""
         self.p = dataclasses.replace(self.p, prefixes=())
         self.groups = set()
+        self.withdrawn = True  # our own view follows the LSA: no links, no routes
         self._originate(now, force=True, links=[])
+        self.routes_version += 1
         for link in self.links.values():
             if link.up and self._usable(link):
                 link.flood.next_send = now  # no pacing: this is the last thing we say
@@ -639,12 +649,31 @@ class Node:
         own LSA may wait for the origination throttle; our routes do not)."""
         return self.lsdb.graph_with(tuple(sorted(self._own_links())))
 
+    def digest(self) -> int:
+        """A checksum of the database's (origin, sequence) pairs: equal on every node of a
+        converged overlay."""
+        return zlib.crc32(b"".join(_DIGEST.pack(o, lsa.seq)
+                                   for o, lsa in sorted(self.lsdb.lsas.items())))
+
+    def origination_pending(self) -> bool:
+        """Our LSA has changed and waits for the origination throttle."""
+        return self._origination_due != INF
+
+    def lsas(self) -> dict[int, wire.LSA]:
+        """The LSAs as this node sees them now: the database, with our own LSA as it will be
+        once the throttle lets it go (our links, prefixes and groups of now)."""
+        lsas = self.lsdb.lsas
+        if self._origination_due == INF:
+            return lsas
+        own = wire.LSA.make(self.id, self.seq, self._own_links(), self.p.prefixes, self.groups)
+        return {**lsas, self.id: own}
+
     def spf(self):
         return spf(self.graph(), self.id)
 
     def routes(self) -> RouteSet:
         if self._routes_at != self.routes_version:
-            out = assemble(self.lsdb.lsas, self.graph(), self.id,
+            out = assemble(self.lsas(), self.graph(), self.id,
                            self.nexthops_by_neighbor(), self.p.route_policy())
             self._routes, self._reachable, self.group_choice = (out.routes, out.reachable,
                                                                 out.group_choice)
@@ -652,7 +681,7 @@ class Node:
         return self._routes
 
     def group_members(self) -> dict[int, set[int]]:
-        return group_members(self.lsdb.lsas, set(self.spf()) | {self.id})
+        return group_members(self.lsas(), set(self.spf()) | {self.id})
 
     def nexthops_by_neighbor(self) -> dict[int, list[NextHop]]:
         out: dict[int, list[tuple[int, NextHop]]] = {}

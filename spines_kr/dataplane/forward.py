@@ -163,7 +163,7 @@ class Forwarding:
     def _members_of(self, group: int) -> set[int]:
         if self._members is None:
             node = self.engine
-            self._members = grp.members(node.lsdb.lsas, set(self._spf) | {node.id})
+            self._members = grp.members(node.lsas(), set(self._spf) | {node.id})
         return self._members.get(group, set())
 
     def _kernel_route(self, dst: int) -> bool:

@@ -40,6 +40,7 @@ import sys
 import time
 
 from spines_kr import RTPROT_SPINES
+from spines_kr.ctl import request
 from spines_kr.lab import netns as labns
 from spines_kr.lab import routes as _routes
 
@@ -156,8 +157,25 @@ def unconverged(st: dict) -> list[str]:
 def converged(st: dict) -> bool:
     """Every node has a spines route to every other node's logical ID and advertised prefixes,
     and to nothing else but group routes (anycast/multicast /32s, the gateway default), in the
-    lab's table."""
-    return not unconverged(st)
+    lab's table; and the overlay is at rest (``settled``): complete tables can still be about
+    to change while a better path's news travels."""
+    return not unconverged(st) and settled(st)
+
+
+def settled(st: dict) -> bool:
+    """Every daemon of the lab holds the same link-state database (its digest) and none has an
+    origination waiting (``show sync``)."""
+    digests = set()
+    for n in st["nodes"]:
+        try:
+            r = request(n["control_socket"], {"cmd": "show", "what": "sync"}, timeout=2.0)
+        except OSError:
+            return False
+        s = r.get("data") or {}
+        if not r.get("ok") or s.get("origination_pending"):
+            return False
+        digests.add(s.get("lsdb_digest"))
+    return len(digests) == 1
 
 
 def _group_route(dst: str) -> bool:

@@ -87,14 +87,14 @@ def _parse(data: bytes, table: int, protocol: int, routes: dict, seq: int,
                     for kind, v in _attrs(data, body + RTMSG.size, off + length):
                         if kind == RTA_DST and len(v) == 4:
                             dst = socket.inet_ntoa(v)
+                        elif kind == RTA_TABLE and len(v) == 4:
+                            tbl = struct.unpack("=I", v)[0]  # (rtm_table: 252 past 255)
                         elif not gateways:
                             continue
                         elif kind == RTA_GATEWAY and len(v) == 4:
                             gw = socket.inet_ntoa(v)
                         elif kind == RTA_MULTIPATH:
                             hops = _gateways(v)
-                        elif kind == RTA_TABLE and len(v) == 4:
-                            tbl = struct.unpack("=I", v)[0]
                     if tbl == table:
                         routes[f"{dst}/{dst_len}"] = sorted(hops or ([gw] if gw else []))
         off += (length + 3) & ~3

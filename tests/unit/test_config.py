@@ -215,3 +215,29 @@ def test_unreachable_daemon_is_told_apart_from_a_refused_one(tmp_path):
     assert "permission denied" in unreachable(path, PermissionError(errno.EACCES, "Permission denied"))
     assert "no daemon" not in unreachable(path, PermissionError(errno.EACCES, "Permission denied"))
     assert "no daemon" in unreachable(path, FileNotFoundError(errno.ENOENT, "No such file"))
+
+
+def test_groups_are_held_by_origin_and_the_operator_overrides_the_config():
+    from collections import Counter
+
+    from spines_kr.daemon.logging import RateLimiter
+    from spines_kr.daemon.membership import Membership
+    from spines_kr.daemon.node import Node, Params
+
+    cfg = config.build({"logical_id": "10.0.0.1", "auth": "none"})
+    node = Node(Params.from_config(cfg), 0.0)
+
+    class Log:
+        def __getattr__(self, level):
+            return lambda event, **f: None
+
+    m = Membership(cfg, node, None, Log(), RateLimiter(), Counter())
+    m.join("239.1.1.1", True, 0.0, origin="config")
+    m.join("239.1.1.1", True, 0.0, origin="session:7")
+    r = m.join("239.1.1.1", False, 0.0, origin="session:7")  # a session leaving: still held
+    assert r == {"group": "239.1.1.1", "member": True, "changed": False, "held_by": ["config"]}
+    m.join("239.1.1.1", True, 0.0, origin="igmp")
+    r = m.join("239.1.1.1", False, 0.0, origin="control")  # the operator: the config's hold goes
+    assert r["member"] and r["held_by"] == ["igmp"]  # hosts on our LAN still want it
+    r = m.join("239.1.1.1", False, 0.0, origin="igmp")
+    assert r["changed"] and not r["member"] and 0xEF010101 not in node.groups

@@ -202,6 +202,12 @@ def test_withdraw_deletes_every_route_of_ours(rig):
     loop.advance(0.01)
     assert box and box[0][1] is None and box[0][0].deleted == 2
     assert kernel.routes == {}
+    # our own deletions come back as events while the daemon is leaving: no repair follows
+    ks.route_deleted("10.1.0.0/16")
+    engine.set([r("10.1.0.0/16"), r("10.3.0.0/16")])  # (an engine that still has routes)
+    ks.poke()
+    loop.advance(40)  # past the periodic full sync too
+    assert kernel.routes == {}
 
 
 def test_retry_timing_starts_at_the_first_backoff():

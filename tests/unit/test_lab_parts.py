@@ -155,6 +155,9 @@ def test_the_route_dump_parser():
     out = {}
     routes._parse(data, 8200, 81, out, 1)
     assert out == {"10.100.0.4/32": ["10.200.0.2"]}
+    out = {}  # destinations only: the table (past 255 only in RTA_TABLE) still counts
+    routes._parse(data, 8200, 81, out, 1, gateways=False)
+    assert out == {"10.100.0.4/32": []}
 
 
 @pytest.mark.skipif(not shutil.which("ip"), reason="needs iproute2's ip")

@@ -118,6 +118,7 @@ def test_withdraw_reroutes_neighbors_at_once(ring):
     ring.nodes[2].withdraw(ring.now)
     ring.run(0.01)
     assert ring.next_hop_node(1, 3) == {4}
+    assert len(ring.nodes[2].routes()) == 0  # a leaving node keeps no routes of its own
 
 
 def test_dead_node_lsa_is_aged_out():
