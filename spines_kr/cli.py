@@ -326,6 +326,9 @@ def build_parser(with_lab: bool = True) -> Parser:
     _join_parsers(sub)
     _keygen_parser(sub)
     _capabilities_parser(sub)
+    from spines_kr.tools import add_tool_parsers
+
+    add_tool_parsers(sub)
     if with_lab:
         from spines_kr.lab.cli import add_lab_parser
 

@@ -30,7 +30,8 @@ Spines' daemon flags and their keys here (Spines 5.x meaning):
     -ud path           ipc_path         client IPC path (data channel: path + "data")
     -c file            (the TOML file itself)
 Ours: prefixes (announced behind this node), multipath (on by default; + multipath_tolerance for
-measured metrics), table/route_protocol/route_priority (our kernel slot), limits, timers.
+measured metrics), table/route_protocol/route_priority (our kernel slot), limits, timers,
+client sessions (remote_sessions: Spines' Remote_Connections config key; max_sessions).
 Flags of Spines not implemented yet (-d, -W, -rl, -tf, -sf, -pc) are refused by the CLI with a
 message saying so.
 
@@ -124,6 +125,13 @@ class Config:
                                   metavar="PATH", help="management socket path")
     control_group: str | None = setting(None, kind="str", reload=False,
                                         help="group whose members may change things")
+    # client sessions (dataplane.sessions): Spines' Remote_Connections, and a bound
+    remote_sessions: bool = setting(False, "--remote-sessions", kind="bool", reload=False,
+                                    help="accept client sessions on the TCP session ports "
+                                         "(overlay port + 7 and + 9) from every address, not "
+                                         "only 127.0.0.1 (Spines' Remote_Connections)")
+    max_sessions: int = setting(1024, kind="int", lo=1, hi=20_000, reload=False,
+                                help="client sessions open at once (a session more is refused)")
     # kernel
     table: int = setting(254, "--table", kind="int", lo=1, hi=0xFFFFFFFF, reload=False,
                          help="kernel route table (default 254, main)")

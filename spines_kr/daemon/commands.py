@@ -126,6 +126,7 @@ class Commands:
             data["forwarding"] = d.forwarding.status()
         if getattr(d, "sessions", None) is not None:
             data["sessions"] = d.sessions.status()
+            counters.update(d.sessions.counters)  # "sessions.*" keys (dataplane.sessions)
         if getattr(d, "hostmcast", None) is not None:
             data["host_multicast"] = d.hostmcast.status()
         return {

@@ -335,16 +335,16 @@ class Daemon:
             self.hostmcast.sync()
 
     def _open_sessions(self) -> None:
-        """Client sessions (dataplane.sessions), when that part is there."""
-        try:
-            from spines_kr.dataplane.sessions import Sessions
-        except ImportError:
-            return
+        """Client sessions (dataplane.sessions)."""
+        from spines_kr.dataplane.sessions import Sessions, SessionsUnavailable
+
         self.sessions = Sessions(self.loop, self.commands, self.cfg, self.log,
                                  self.forwarding.send)
         self.forwarding.attach(sessions=self.sessions)
         try:
             self.sessions.open()
+        except SessionsUnavailable as e:  # (its message names the path)
+            raise StartError(f"client sessions: {e}") from None
         except OSError as e:
             raise StartError(f"client sessions ({self.cfg.ipc_path}): {e.strerror or e}") \
                 from None
@@ -651,6 +651,8 @@ class Daemon:
                    if getattr(old, f.name) != getattr(new, f.name)]
         self.cfg = new
         self.membership.cfg = new
+        if self.sessions is not None:
+            self.sessions.cfg = new  # (accept_link_commands is read at run time)
         now = self.loop.time()
         node = self.node
         node.reconfigure(Params.from_config(new, node.p.prefsrc), now)

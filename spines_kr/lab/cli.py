@@ -212,7 +212,7 @@ def add_lab_parser(subparsers) -> argparse.ArgumentParser:
 
     p = sub.add_parser("exec", help="run a command inside a node's or host's namespace",
                        description="Run COMMAND (default: $SHELL) in the namespace of NODE (with "
-                                   "SPINES_KR_SOCKET and SPINES_KR_PORT set) or of a host (a "
+                                   "SPINES_KR_SOCKET, SPINES_KR_PORT and SPINES_KR_IPC set) or of a host (a "
                                    "host runs no daemon). Options go before NODE.")
     p.add_argument("--name", required=True, metavar="LAB")
     p.add_argument("node", metavar="NODE|HOST")

@@ -207,8 +207,10 @@ def status(lab: str) -> dict:
 
 def exec_argv(lab: str, member: str, command: list[str]) -> tuple[list[str], dict]:
     """argv and environment that run ``command`` (default: $SHELL) inside the namespace of
-    ``member``, a node or a host.  For a node SPINES_KR_SOCKET (its daemon's control socket) and
-    SPINES_KR_PORT are set; a host runs no daemon, so both are removed from its environment."""
+    ``member``, a node or a host.  For a node SPINES_KR_SOCKET (its daemon's control socket),
+    SPINES_KR_PORT and SPINES_KR_IPC (its client session path: ``spines-kr send`` and the other
+    tools find the node's daemon) are set; a host runs no daemon, so they are removed from its
+    environment."""
     state = _state.load(lab)
     nodes = [n for n in state["nodes"] if n["name"] == member]
     hosts = [h for h in state["hosts"] if h["name"] == member]
@@ -223,9 +225,11 @@ def exec_argv(lab: str, member: str, command: list[str]) -> tuple[list[str], dic
     env = dict(os.environ)
     if nodes:
         env.update(SPINES_KR_SOCKET=m["control_socket"], SPINES_KR_PORT=str(state["port"]))
+        if m.get("ipc"):
+            env["SPINES_KR_IPC"] = m["ipc"]
     else:
-        env.pop("SPINES_KR_SOCKET", None)
-        env.pop("SPINES_KR_PORT", None)
+        for var in ("SPINES_KR_SOCKET", "SPINES_KR_PORT", "SPINES_KR_IPC"):
+            env.pop(var, None)
     command = command or [os.environ.get("SHELL", "/bin/sh")]
     return ["ip", "netns", "exec", m["netns"], *command], env
 

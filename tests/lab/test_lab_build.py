@@ -95,6 +95,7 @@ def test_up_builds_the_ring_and_down_removes_it(lab_name):
     assert argv == ["ip", "netns", "exec", f"{lab_name}-n2", "true"]
     assert env["SPINES_KR_SOCKET"] == st["nodes"][1]["control_socket"]
     assert env["SPINES_KR_PORT"] == "8100"
+    assert env["SPINES_KR_IPC"] == str(Path(st["state_dir"]) / "n2.ipc")  # the tools' daemon
     with pytest.raises(netns.LabError, match="no node 'n9'"):
         netns.exec_argv(lab_name, "n9", [])
 
@@ -405,7 +406,7 @@ def test_hosts_sit_on_a_lan_behind_their_node(lab_name, capsys):
     # exec: a host runs no daemon, so no control socket in its environment.
     argv, env = netns.exec_argv(lab_name, "h3", ["true"])
     assert argv == ["ip", "netns", "exec", f"{lab_name}-h3", "true"]
-    assert "SPINES_KR_SOCKET" not in env and "SPINES_KR_PORT" not in env
+    assert not {"SPINES_KR_SOCKET", "SPINES_KR_PORT", "SPINES_KR_IPC"} & set(env)
     with pytest.raises(netns.LabError, match=r"no node 'h9' \(nodes: n1, n2, n3; hosts: h1, h2"):
         netns.exec_argv(lab_name, "h9", [])
 
