@@ -27,9 +27,6 @@ USAGE_ERROR = 2
 NOT_YET = {
     "-d": "multicast auto-discovery",
     "-W": "wireless timers",
-    "-rl": "rate limiting",
-    "-tf": "the trace flag",
-    "-sf": "the statistics flag",
     "-pc": "the packet-capture flag",
 }
 
@@ -197,6 +194,25 @@ def _draw(topo: dict, args) -> int:
     return 0
 
 
+def _data_link_rows(l: dict) -> list[str]:
+    """The data links' figures under a link's row of ``show links``."""
+    rows = []
+    r, t = l.get("reliable"), l.get("realtime")
+    if r and (r["frames_sent"] or r["frames_in"]):
+        rows.append(f"    reliable: window {r['window']:g} in flight {r['in_flight']} backlog "
+                    f"{r['backlog_frames']} sent {r['frames_sent']} retransmitted "
+                    f"{r['retransmissions']} timeouts {r['timeouts']} recovery "
+                    f"{r['recovery_ms'] if r['recovery_ms'] is not None else '-'} ms; in "
+                    f"{r['frames_in']} duplicates {r['duplicates_in']}")
+    if t and (t["frames_sent"] or t["frames_in"]):
+        rows.append(f"    realtime: sent {t['frames_sent']} nacks in {t['nacks_in']} "
+                    f"retransmitted {t['retransmissions']} (capped {t['retransmissions_capped']},"
+                    f" too late {t['too_late_to_resend']}); in {t['frames_in']} nacks out "
+                    f"{t['nacks_out']} recovered {t['recovered']} late drops {t['late_drops']} "
+                    f"recovery {t['recovery_ms'] if t['recovery_ms'] is not None else '-'} ms")
+    return rows
+
+
 def render(what: str, data) -> str:
     """Human-readable tables of the show views."""
     if what == "status":
@@ -216,6 +232,8 @@ def render(what: str, data) -> str:
                 f"{l['loss']:>7.2%} {l['cost'] if l.get('cost') is not None else '-':>6}"
                 f"{'!' if l.get('problematic') else ' '}{l['since_s']:>8.1f}  "
                 + (" ".join(f"{k}={v:g}" for k, v in emu.items() if v) or "-"))
+            if what == "links":
+                rows += _data_link_rows(l)
         return "\n".join([head, *rows])
     if what == "routes":
         head = f"{'destination':18} {'cost':>5}  next hops"

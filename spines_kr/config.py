@@ -32,8 +32,10 @@ Spines' daemon flags and their keys here (Spines 5.x meaning):
 Ours: prefixes (announced behind this node), multipath (on by default; + multipath_tolerance for
 measured metrics), table/route_protocol/route_priority (our kernel slot), limits, timers,
 client sessions (remote_sessions: Spines' Remote_Connections config key; max_sessions).
-Flags of Spines not implemented yet (-d, -W, -rl, -tf, -sf, -pc) are refused by the CLI with a
-message saying so.
+Data links (dataplane.links): -rl kbps (rate_limit_kbps), -sf (stream_fairness), -tf
+(tcp_fairness), realtime_history_ms.
+Flags of Spines not implemented yet (-d, -W, -pc) are refused by the CLI with a message saying
+so.
 
 Addresses are strings in the TOML file ("10.0.0.1"): an integer such as ``logical_id = 5`` is
 refused, never read as 0.0.0.5.
@@ -99,6 +101,22 @@ class Config:
                                          help="neighbor link address to create a link to (repeatable)")
     accept_unknown_neighbors: bool = setting(True, kind="bool", engine=True,
                                              help="form links with on-link daemons not listed")
+    # data links (dataplane.links): Spines' -rl, -sf, -tf and its real-time history
+    rate_limit_kbps: int = setting(500_000, "-rl", "--rate-limit", kind="int", lo=0,
+                                   hi=100_000_000, reload=False, metavar="KBPS",
+                                   help="rate limit of each reliable data link, kbit/s (Spines' "
+                                        "default 500000; 0: none)")
+    stream_fairness: bool = setting(False, "-sf", "--stream-fairness", kind="bool", reload=False,
+                                    help="share each data link fairly between the streams on "
+                                         "it (round robin), not first come first served")
+    tcp_fairness: bool = setting(False, "-tf", "--tcp-fairness", kind="bool", reload=False,
+                                 help="reliable links halve their window on every loss "
+                                      "episode, as TCP does (default: only on congestion; "
+                                      "the random loss of a lossy link is just repaired)")
+    realtime_history_ms: int = setting(100, kind="int", lo=10, hi=10_000, reload=False,
+                                       help="soft-real-time links: how long a sent packet can "
+                                            "be recovered, and the extra delay a message may "
+                                            "gain on its whole way (Spines' 100 ms)")
     metric: str = setting("distance", "-w", "--metric", kind="choice", choices=ALL_METRICS,
                           engine=True, help="link metric: " + "|".join(ALL_METRICS))
     kernel_levels: tuple[int, ...] = setting(

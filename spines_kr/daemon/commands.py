@@ -257,9 +257,37 @@ class Commands:
                 "routes": len(node.routes()),
                 "routes_installed": len(ks.installed) if ks is not None else 0}
 
+    def links(self) -> list[dict]:
+        """``show links``: every neighbor link (as ``neighbors``) with, for the links that
+        carried reliable or soft-real-time data, each protocol's figures (dataplane.links):
+        window, in flight, retransmissions, NACKs, late drops, recovery time."""
+        out = self.neighbors()
+        fwd = getattr(self._d, "forwarding", None)
+        channels = fwd.links_status()["links"] if fwd is not None else {}
+        for l in out:
+            ch = channels.get(f"{l['neighbor_address']}@{l['ifindex']}")
+            if ch is None:
+                continue
+            rs, rr = ch["reliable"]["send"], ch["reliable"]["receive"]
+            ts, tr = ch["realtime"]["send"], ch["realtime"]["receive"]
+            l["reliable"] = {"window": rs["cwnd"], "in_flight": rs["in_flight"],
+                             "backlog_frames": rs["backlog_frames"],
+                             "peer_window": rs["peer_window"], "srtt_ms": rs["srtt_ms"],
+                             "frames_sent": rs["frames_sent"],
+                             "retransmissions": rs["retransmissions"],
+                             "timeouts": rs["timeouts"], "recovery_ms": rs["recovery_ms"],
+                             "frames_in": rr["frames_in"], "duplicates_in": rr["duplicates"],
+                             "refused_backpressure": rr["refused_backpressure"]}
+            l["realtime"] = {"frames_sent": ts["frames_sent"], "nacks_in": ts["nacks_in"],
+                             "retransmissions": ts["retransmissions"],
+                             "retransmissions_capped": ts["capped"],
+                             "too_late_to_resend": ts["too_old"],
+                             "frames_in": tr["frames_in"], "nacks_out": tr["nacks_out"],
+                             "recovered": tr["recovered"], "late_drops": tr["late_records"],
+                             "recovery_ms": tr["recovery_ms"]}
+        return out
+
     def view(self, what: str):
-        if what == "links":
-            what = "neighbors"
         return getattr(self, what)()
 
     # --- changes ----------------------------------------------------------------------------

@@ -279,7 +279,13 @@ class Loop:
             if mask & selectors.EVENT_WRITE and writer is not None:
                 self._call(writer, ())
         now = self.time()
+        # Only timers armed before this point run now: one a callback arms for "now" or
+        # earlier waits for the next turn, so a part whose deadline does not move cannot keep
+        # the loop from its file descriptors (it spins, visibly, instead of hanging).
+        first_new = next(self._seq)
         while timers and (timers[0][0] <= now or timers[0][2].cancelled):
+            if timers[0][1] > first_new and not timers[0][2].cancelled:
+                break
             _, _, timer = heapq.heappop(timers)
             if not timer.cancelled:
                 timer.cancelled = True  # spent: cancel() on it is a no-op now

@@ -22,6 +22,13 @@ How a message travels (``send``):
                           kernel level 2, ``routing.groups.tree_role``): every daemon on it
                           delivers to its joined sessions and forwards to its children whose
                           subtree holds a member: one copy per member node
+Link protocols (the message's ``link``, Spines' RELIABLE_LINKS 1 and SOFT_REALTIME_LINKS 2):
+such a message never takes the KERNEL path (the kernel cannot recover a loss on one hop); it
+goes HOP by HOP (or along the TREE) over the reliable or soft-real-time data link to each next
+daemon (``dataplane.links``), which recovers losses on that hop.  A reliable record a dead link
+gave back is sent on by the new route (``_reroute``); the delivering daemon drops the duplicate
+fragments that can cause (``_dedup``).
+
 A message is cut into fragments that fit the links' MTU (``fragment_size``); only the daemon
 that delivers reassembles.  TTL counts overlay hops: HOP and TREE records lose one per daemon
 (dropped at 0); a KERNEL datagram carries it as its IP TTL.
@@ -32,7 +39,8 @@ windows: a burst of data must not make a control packet look replayed).  Unauthe
 forged or replayed data is dropped and counted, like control packets.
 
 Entry points: ``Forwarding(loop, cfg, engine, interfaces, kernel_sync, auth, log)``,
-``attach(sessions)``, ``open()``, ``send(message)``, ``status()``, ``close()``.
+``attach(sessions)``, ``open()``, ``send(message)``, ``status()``, ``close()``; ``links`` (the
+data links' part, ``dataplane.links``).
 """
 
 from __future__ import annotations
@@ -41,12 +49,15 @@ import socket
 import struct
 from collections import Counter, OrderedDict
 
-from spines_kr.dataplane.message import HOST_PACKET, Message, is_anycast, is_multicast
+from spines_kr.dataplane.links import Links
+from spines_kr.dataplane.message import (
+    HOST_PACKET, RELIABLE_LINKS, SOFT_REALTIME_LINKS, Message, is_anycast, is_multicast)
 from spines_kr.routing import groups as grp
 from spines_kr.routing.spf import spf
 from spines_kr.wire import data as wdata
+from spines_kr.wire import links as wl
 from spines_kr.wire.auth import TRAILER_LEN, KeyRing
-from spines_kr.wire.packets import HEADER_LEN, DecodeError
+from spines_kr.wire.packets import HEADER_LEN, DecodeError, split
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 IP_TTL = socket.IP_TTL
@@ -59,7 +70,10 @@ SOCKET_BUFFER = 4 << 20
 REASSEMBLY_TIMEOUT = 2.0  # s a message may wait for its last fragment
 REASSEMBLY_BYTES = 16 << 20  # bounded memory for partial messages
 REASSEMBLY_MESSAGES = 4096
-OVERHEAD = 20 + 8 + HEADER_LEN + TRAILER_LEN  # IPv4, UDP, our header, the trailer
+# IPv4, UDP, our header, a link frame's header, the trailer
+OVERHEAD = 20 + 8 + HEADER_LEN + wl.DATA_HEADER + TRAILER_LEN
+LINK_PROTOCOLS = (RELIABLE_LINKS, SOFT_REALTIME_LINKS)
+DEDUP = 1 << 16  # reliable fragments remembered at delivery (a reroute may duplicate)
 DEFAULT_MTU = 1500
 
 
@@ -105,12 +119,16 @@ class Forwarding:
         self._members: dict[int, set[int]] | None = None
         self._anc_cache: dict = {}
         self._timer = None
+        self._dedup: OrderedDict[tuple[int, int, int], None] = OrderedDict()
+        self.links = Links(loop, cfg, engine, self._send_link_packet, self._deliver_records,
+                           self._reroute, log)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     def attach(self, sessions=None, hosts=None) -> None:
         if sessions is not None:
             self.sessions = sessions
+            self.links.on_pressure = getattr(sessions, "backpressure", None)
         if hosts is not None:
             self.hosts = hosts
 
@@ -130,6 +148,7 @@ class Forwarding:
         self.loop.add_reader(s.fileno(), self._on_readable)
 
     def close(self) -> None:
+        self.links.close()
         if self.sock is not None:
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
@@ -138,6 +157,9 @@ class Forwarding:
     def status(self) -> dict:
         return {"data_port": self.port, "reassembling": len(self._partial),
                 "reassembly_bytes": self._partial_bytes, **dict(sorted(self.counters.items()))}
+
+    def links_status(self) -> dict:
+        return self.links.status()
 
     # --- routing --------------------------------------------------------------------------------
 
@@ -159,6 +181,8 @@ class Forwarding:
         self._spf = result
         self._trees.clear()
         self._members = None
+        self.links.frame_budget = self.fragment_size() + wdata.RECORD_HEADER
+        self.links.links_changed()
 
     def _members_of(self, group: int) -> set[int]:
         if self._members is None:
@@ -231,7 +255,7 @@ class Forwarding:
         if target == node.id:
             self._deliver_local(msg)
             return
-        if self._kernel_route(target):
+        if not msg.link & 0x0F and self._kernel_route(target):
             for r in self._records(wdata.KERNEL, msg):
                 self._queue(_ip(target), 0, None, r, msg.ttl)
             self._schedule_flush()
@@ -249,6 +273,18 @@ class Forwarding:
         if hop is None:
             self.counters["dropped.no_route"] += len(records)
             return
+        self._to_hop(hop, records)
+
+    def _to_hop(self, hop, records: list[wdata.Record]) -> None:
+        """Records to the next daemon: over its data link when their link protocol asks for
+        one, else bundled in best-effort datagrams."""
+        proto = records[0].link & 0x0F
+        if proto in LINK_PROTOCOLS:
+            key = (hop.ifindex, hop.gateway)
+            for r in records:
+                if not self.links.queue(key, proto, r):
+                    self.counters["dropped.no_link"] += 1
+            return
         local = self._local_addr(hop.ifindex, hop.gateway)
         for r in records:
             self._queue(hop.gateway, hop.ifindex, local, r, 0)
@@ -260,10 +296,7 @@ class Forwarding:
             hop = self._next_hop(child, 0)
             if hop is None:
                 continue
-            local = self._local_addr(hop.ifindex, hop.gateway)
-            for r in records:
-                self._queue(hop.gateway, hop.ifindex, local, r, 0)
-        self._schedule_flush()
+            self._to_hop(hop, records)
 
     def _local_addr(self, ifindex: int, gateway: str) -> str | None:
         for link in self.engine.links.values():
@@ -361,30 +394,39 @@ class Forwarding:
                 self.counters["recv_errors"] += 1
                 continue
             self.counters["datagrams_in"] += 1
+            key = (_ifindex(anc), addr[0])  # the engine's key of the link it came over
             if emulated:  # setlink at the receiving end: loss, latency, bandwidth on receipt
-                when = self._rx_emulation(anc, addr[0], len(data), now)
+                when = self._rx_emulation(key, len(data), now)
                 if when is None:
                     self.counters["emulated_rx_drops"] += 1
                     continue
                 if when > now:
-                    self.loop.call_at(when, self._process, data, when)
+                    self.loop.call_at(when, self._process, data, when, key)
                     continue
-            self._process(data, now)
+            self._process(data, now, key)
         self._sweep(now)
 
-    def _rx_emulation(self, anc, src: str, size: int, now: float) -> float | None:
-        ifindex = 0
-        for level, typ, cdata in anc:
-            if level == socket.SOL_IP and typ == IP_PKTINFO and len(cdata) >= PKTINFO.size:
-                ifindex = PKTINFO.unpack_from(cdata)[0]
-        link = self.engine.links.get((ifindex, src))
+    def _rx_emulation(self, key, size: int, now: float) -> float | None:
+        """setlink at this end, on a data packet received over the link ``key`` -- or, for a
+        KERNEL datagram (its source is the sending node's logical ID, not a neighbor), over
+        the link of the interface it came in on."""
+        links = self.engine.links
+        link = links.get(key)
+        if link is None:
+            link = next((l for l in links.values() if l.ifindex == key[0]), None)
         if link is None or link.rx_emulation is None:
             return now
         return link.rx_emulation.schedule(now, size)
 
-    def _process(self, data: bytes, now: float) -> None:
+    def _process(self, data: bytes, now: float, key=None) -> None:
         try:
-            header, records, trailer = wdata.decode(data, instance=self.instance)
+            header, body, trailer = split(data, instance=self.instance)
+            if header.type == wdata.DATA:
+                records, msg = wdata.decode_records(body), None
+            elif header.type in (wl.LINK_DATA, wl.LINK_ACK):
+                records, msg = None, wl.decode_body(header.type, body)
+            else:
+                raise DecodeError("type", str(header.type))
         except DecodeError as e:
             self.counters[f"dropped.{e.reason}"] += 1
             return
@@ -400,8 +442,48 @@ class Forwarding:
             self.counters["dropped.auth_unexpected"] += 1
             return
         self._refresh()
+        if msg is not None:
+            self.links.receive(header, msg, key, now)
+            return
         for r in records:
             self._receive(r, now)
+
+    def _deliver_records(self, records, now: float) -> None:
+        """Records a data link handed over in order: each delivered here or sent on."""
+        self._refresh()
+        for r in records:
+            self._receive(r, now)
+
+    def _reroute(self, records) -> None:
+        """Reliable records a dead link gave back: on by the new route (TREE records, whose
+        copy the dead link was to carry to one subtree, go to the tree's new children)."""
+        self._refresh()
+        for r in records:
+            if r.kind == wdata.TREE:
+                self._tree_forward([r], r.src, r.dst, 0)
+                continue
+            target = self._nearest_member(r.dst) if is_anycast(r.dst) else r.dst
+            if target is None or target == self.engine.id:
+                self.counters["dropped.rerouted_no_route"] += 1
+                continue
+            self._hop_forward([r], target)
+
+    def _send_link_packet(self, key, pkt: bytes) -> None:
+        """A data link's packet to the neighbor of link ``key``, from that link's address."""
+        if self.sock is None:
+            return
+        if self.auth is not None:
+            pkt = self.auth.seal(pkt)
+        ifindex, addr = key
+        link = self.engine.links.get(key)
+        local = link.local_addr if link is not None else None
+        try:
+            self.sock.sendmsg([pkt], self._ancillary(ifindex, local, 0), 0, (addr, self.port))
+            self.counters["datagrams_out"] += 1
+        except BlockingIOError:
+            self.counters["dropped.send_buffer"] += 1
+        except OSError as e:
+            self.counters[f"dropped.send_{e.errno}"] += 1
 
 
     def _receive(self, r: wdata.Record, now: float) -> None:
@@ -439,13 +521,21 @@ class Forwarding:
             return
         self.counters["records_forwarded"] += 1
         fwd = _hop(r)
-        if self._kernel_route(target):  # the rest of the way in the kernel
+        if not r.link & 0x0F and self._kernel_route(target):  # the rest of the way in the kernel
             self._queue(_ip(target), 0, None, _as_kernel(fwd), fwd.ttl)
             self._schedule_flush()
         else:
             self._hop_forward([fwd], target)
 
     def _reassemble(self, r: wdata.Record, now: float) -> None:
+        if r.link & 0x0F == RELIABLE_LINKS:
+            key = (r.src, r.msg_id, r.index)
+            if key in self._dedup:
+                self.counters["dropped.duplicate"] += 1
+                return
+            self._dedup[key] = None
+            if len(self._dedup) > DEDUP:
+                self._dedup.popitem(last=False)
         if r.frags == 1:
             self._deliver_local(_message(r, r.payload))
             return
@@ -482,16 +572,23 @@ class Forwarding:
             self._evict("dropped.reassembly_timeout")
 
 
+def _ifindex(anc) -> int:
+    for level, typ, cdata in anc:
+        if level == socket.SOL_IP and typ == IP_PKTINFO and len(cdata) >= PKTINFO.size:
+            return PKTINFO.unpack_from(cdata)[0]
+    return 0
+
+
 def _as_kernel(r: wdata.Record) -> wdata.Record:
     return wdata.Record(wdata.KERNEL, r.ttl, r.link, r.frags, r.src, r.dst, r.src_port,
-                        r.dst_port, r.msg_id, r.index, r.payload)
+                        r.dst_port, r.msg_id, r.index, r.payload, r.age)
 
 
 def _hop(r: wdata.Record) -> wdata.Record:
     """The record as the next daemon gets it: one hop less."""
     return wdata.Record(r.kind if r.kind != wdata.KERNEL else wdata.HOP, r.ttl - 1, r.link,
                         r.frags, r.src, r.dst, r.src_port, r.dst_port, r.msg_id, r.index,
-                        r.payload)
+                        r.payload, r.age)
 
 
 def _message(r: wdata.Record, payload: bytes) -> Message:

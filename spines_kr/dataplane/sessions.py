@@ -94,6 +94,7 @@ ROUTING_NAMES = {0x100: "IT_PRIORITY_ROUTING", 0x200: "IT_RELIABLE_ROUTING",
                  0x300: "SOURCE_BASED_ROUTING"}
 
 COUNTERS = (
+    "sessions.backpressure_on", "sessions.backpressure_off",
     "sessions.accepted", "sessions.closed", "sessions.messages_in", "sessions.messages_out",
     "sessions.bytes_in", "sessions.bytes_out", "sessions.malformed",
     "sessions.dropped.queue_full", "sessions.dropped.no_session", "sessions.dropped.too_big",
@@ -166,6 +167,7 @@ class Sessions:
         self._listeners: list[tuple[socket.socket, str, str]] = []  # (sock, kind, transport)
         self._files: dict[str, tuple[int, int]] = {}  # socket path -> (st_dev, st_ino) we made
         self._sessions: dict[int, _Session] = {}
+        self._pressure = False  # the reliable data links are backed up: reliable sessions wait
         self._by_port: dict[int, _Session] = {}
         self._members: dict[int, dict[int, _Session]] = {}
         self._pending: dict[bytes, _Control] = {}
@@ -544,6 +546,21 @@ class Sessions:
             raise wire.DecodeError("handshake", f"{type(cmd).__name__} after the handshake")
         handler(self, s, cmd)
 
+    def backpressure(self, on: bool) -> None:
+        """The reliable data links are backed up (``dataplane.links``): stop reading the
+        sessions that send over them, so that their clients block in the socket's own flow
+        control, and resume when the links drain.  Nothing is dropped."""
+        if on == self._pressure:
+            return
+        self._pressure = on
+        self.counters["sessions.backpressure_on" if on else "sessions.backpressure_off"] += 1
+        for s in self._sessions.values():
+            if s.state == READY and s.link == RELIABLE_LINKS and not s.closed:
+                if on:
+                    self.loop.remove_reader(s.fd)
+                else:
+                    self.loop.add_reader(s.fd, lambda s=s: self._on_data(s))
+
     # --- commands ---------------------------------------------------------------------------------
 
     def _links(self, s: _Session, cmd: wire.Links) -> None:
@@ -551,9 +568,10 @@ class Sessions:
         if cmd.udp_addr != -1 or cmd.udp_port != -1:
             why = ("UDP_CONNECT sessions are not served (no UDP session port): connect over "
                    "IPC or TCP")
-        elif cmd.link != UDP_LINKS:
+        elif cmd.link not in (UDP_LINKS, RELIABLE_LINKS, SOFT_REALTIME_LINKS):
             name = LINK_NAMES.get(cmd.link, f"link protocol {cmd.link}")
-            why = f"{name} is not supported yet (UDP_LINKS only)"
+            why = (f"{name} is not supported yet (UDP_LINKS, RELIABLE_LINKS and "
+                   f"SOFT_REALTIME_LINKS only)")
         elif cmd.routing != 0:
             name = ROUTING_NAMES.get(cmd.routing, f"routing 0x{cmd.routing:x}")
             why = f"{name} is not supported yet (MIN_WEIGHT_ROUTING only)"
@@ -563,6 +581,8 @@ class Sessions:
             self._refuse(s, "unsupported", why)
             return
         s.link, s.routing, s.state = cmd.link, cmd.routing >> 8, READY
+        if self._pressure and s.link == RELIABLE_LINKS:
+            self.loop.remove_reader(s.fd)  # the reliable links are backed up (backpressure)
         if s.timer is not None:
             s.timer.cancel()
             s.timer = None

@@ -181,7 +181,9 @@ def status(lab: str) -> dict:
          the lab whose namespaces it runs in), "joined" (labs joined to this one), "slot",
          "keep_routes", "timings" ({"build_s", "start_s", "up_s"} as far as ``up`` got),
          "nodes": [{"name", "netns", "logical_id", "prefixes" (advertised), "lan" (null or
-                    "10.210.0.1/24"), "pid", "alive", "log", "control_socket", "ready_s"}],
+                    "10.210.0.1/24"), "pid", "alive", "log", "control_socket", "ipc" (its
+                    client session path, libspines' -ud), "sessions_tcp" (the session TCP
+                    ports, inside its namespace), "ready_s"}],
          "links": [{"a", "b", "a_ifname", "b_ifname", "a_address", "b_address", ...}],
          "hosts": [{"name", "netns", "address" ("10.210.0.2"), "prefix" ("10.210.0.0/24"),
                     "gateway", "attach"}]}
@@ -191,7 +193,8 @@ def status(lab: str) -> dict:
               "prefixes": n.get("prefixes", []),
               "lan": n["lan"]["address"] if n.get("lan") else None,
               "pid": n["pid"], "alive": _daemons.alive(n["pid"], n["start_time"]),
-              "log": n["log"], "control_socket": n["control_socket"],
+              "log": n["log"], "control_socket": n["control_socket"], "ipc": n.get("ipc"),
+              "sessions_tcp": [f"127.0.0.1:{state['port'] + 7}", f"127.0.0.1:{state['port'] + 9}"],
               "ready_s": n.get("ready_s")} for n in state["nodes"]]
     hosts = [{"name": h["name"], "netns": h["netns"], "address": h["address"],
               "prefix": h["prefix"], "gateway": h["gateway"], "attach": h["attach"]}

@@ -357,16 +357,30 @@ def _set_drop(instance: int, ifname: str, share: int, netns: str | None,
     hook = "prerouting" if ingress else "postrouting"
     # nft takes the numgen comparison's value within the modulus: 100 % is a plain drop.
     chance = f"numgen random mod {LOSS_SCALE} < {share}" if share < LOSS_SCALE else ""
-    script = "\n".join([
-        f"add table {t}",
-        f"add chain {t} {c} {{ type filter hook {hook} priority filter; policy accept; }}",
-        f"flush chain {t} {c}",
-        f'add rule {t} {c} {match} udp sport {instance} accept comment "spines-kr overlay"',
-        f'add rule {t} {c} {match} udp dport {instance} accept comment "spines-kr overlay"',
-        f"add rule {t} {c} {match} {chance} counter drop comment \"spines-kr emulated loss\"",
-        "",
-    ])
-    _nft(["-f", "-"], netns, script)
+    def script(data_rule: str | None) -> str:
+        return "\n".join([
+            f"add table {t}",
+            f"add chain {t} {c} {{ type filter hook {hook} priority filter; policy accept; }}",
+            f"flush chain {t} {c}",
+            f'add rule {t} {c} {match} udp sport {instance} accept comment "spines-kr overlay"',
+            f'add rule {t} {c} {match} udp dport {instance} accept comment "spines-kr overlay"',
+            *([f'add rule {t} {c} {match} {data_rule} accept comment "spines-kr data"']
+              if data_rule else []),
+            f"add rule {t} {c} {match} {chance} counter drop comment \"spines-kr emulated loss\"",
+            "",
+        ])
+
+    if not ingress:
+        _nft(["-f", "-"], netns, script(None))
+        return
+    # Received: the daemon's data packets addressed to this host (the data port, overlay port
+    # + 1) are the daemon's to emulate on receipt, as its control packets; data in transit
+    # through this node (the kernel forwards it) is the kernel's traffic and takes the drop.
+    # Without nftables' fib expression, the data port is spared whatever its destination.
+    try:
+        _nft(["-f", "-"], netns, script(f"udp dport {instance + 1} fib daddr type local"))
+    except _NftError:
+        _nft(["-f", "-"], netns, script(f"udp dport {instance + 1}"))
 
 
 def _remove_drop(instance: int, ifname: str, netns: str | None, ingress: bool = False) -> bool:
@@ -533,7 +547,8 @@ def apply_ingress(ifindex: int, ifname: str, *, bandwidth_kbps: int | None,
                   instance: int, netns: str | None = None) -> Applied:
     """Emulate the leg *received* on the device (Spines' setlink told to the receiving end):
     loss on the kernel's traffic with an nftables drop at prerouting (sparing the overlay's
-    control port: the daemon emulates its own packets on receipt); bandwidth, latency and
+    control port and the data port's packets for this host: the daemon emulates its own
+    packets on receipt); bandwidth, latency and
     burst cannot act on received kernel traffic without an ifb device: daemon-only.  All off
     removes our ingress chain."""
     bandwidth = _check("bandwidth_kbps", bandwidth_kbps)

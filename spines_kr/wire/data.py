@@ -9,9 +9,9 @@ that small messages bound for the same next daemon travel in one datagram::
     +------+------+------+------+-------------+-------------+-------------+-------------+
     | kind | ttl  | link | frags| source node | destination | source port | dest port   |
     +------+------+------+------+-------------+-------------+-------------+-------------+
-    16            20     21     22            24
-    | message id  | index| rsvd | length      | payload (length bytes) ...
-    +-------------+------+------+-------------+
+    16            20     21     22            24            26
+    | message id  | index| rsvd | length      | age (ms)    | payload (length bytes) ...
+    +-------------+------+------+-------------+-------------+
 
     kind     KERNEL (0): sent to the destination node's logical ID; transit nodes forward it in
              the kernel, on the overlay's own routes, and only the destination's daemon sees it;
@@ -28,6 +28,9 @@ that small messages bound for the same next daemon travel in one datagram::
     dest     a node's logical ID, a class D group or a class E group
     message id  per source node, with ``source`` the key of reassembly
     length   payload bytes in this record
+    age      soft real time: the delay, in ms, this record has gained on its way beyond the
+             links' own latency (recovery of losses on earlier hops; ``dataplane.realtime``):
+             a hop drops a record whose age would pass the deadline budget.  0 otherwise
 Network byte order.  Decoding is strict (``DecodeError`` with a reason the daemon counts):
 records must fill the body exactly.  Entry points: ``Record``, ``encode(records, instance,
 sender)`` -> packet (without trailer: the key ring seals it), ``decode(packet, instance)`` ->
@@ -44,8 +47,8 @@ from spines_kr.wire.packets import DecodeError, Header, encode_raw, split
 DATA = 4
 KERNEL, HOP, TREE = 0, 1, 2
 KINDS = (KERNEL, HOP, TREE)
-_REC = struct.Struct("!BBBBIIHHIBBH")
-RECORD_HEADER = _REC.size  # 24
+_REC = struct.Struct("!BBBBIIHHIBBHH")
+RECORD_HEADER = _REC.size  # 26
 MAX_FRAGMENTS = 255
 
 
@@ -62,6 +65,7 @@ class Record:
     msg_id: int
     index: int
     payload: bytes
+    age: int = 0  # ms of extra delay gained (soft real time)
 
     def encoded_size(self) -> int:
         return RECORD_HEADER + len(self.payload)
@@ -71,7 +75,7 @@ def encode_records(records) -> bytes:
     out = []
     for r in records:
         out.append(_REC.pack(r.kind, r.ttl, r.link, r.frags, r.src, r.dst, r.src_port,
-                             r.dst_port, r.msg_id, r.index, 0, len(r.payload)))
+                             r.dst_port, r.msg_id, r.index, 0, len(r.payload), r.age))
         out.append(r.payload)
     return b"".join(out)
 
@@ -85,14 +89,14 @@ def decode_records(body: bytes) -> list[Record]:
     while off < end:
         if end - off < RECORD_HEADER:
             raise DecodeError("short", "data record header")
-        kind, ttl, link, frags, src, dst, sport, dport, mid, idx, rsvd, n = unpack(body, off)
+        kind, ttl, link, frags, src, dst, sport, dport, mid, idx, rsvd, n, age = unpack(body, off)
         off += RECORD_HEADER
         if kind not in KINDS or rsvd or not frags or idx >= frags:
             raise DecodeError("malformed", "data record")
         if end - off < n:
             raise DecodeError("short", "data record payload")
         records.append(Record(kind, ttl, link, frags, src, dst, sport, dport, mid, idx,
-                              body[off:off + n]))
+                              body[off:off + n], age))
         off += n
     return records
 

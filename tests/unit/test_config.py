@@ -54,6 +54,8 @@ def test_bad_toml_is_one_line(tmp_path):
     (["daemon", "-p", "x"], "invalid int"),
     (["daemon", "-l", "1.2.3"], "logical_id"),
     (["daemon", "-l", "10.0.0.1", "-d", "239.1.1.1"], "-d"),
+    (["daemon", "-l", "10.0.0.1", "-rl", "lots"], "invalid int"),
+    (["daemon", "-l", "10.0.0.1", "-pc"], "-pc"),
     (["daemon", "-l", "10.0.0.1", "-W"], "-W"),
     (["daemon", "-l", "10.0.0.1", "-k", "7"], "kernel_levels"),
     (["daemon", "-c", "/nonexistent.toml"], "nonexistent"),
@@ -241,3 +243,12 @@ def test_groups_are_held_by_origin_and_the_operator_overrides_the_config():
     assert r["member"] and r["held_by"] == ["igmp"]  # hosts on our LAN still want it
     r = m.join("239.1.1.1", False, 0.0, origin="igmp")
     assert r["changed"] and not r["member"] and 0xEF010101 not in node.groups
+
+
+def test_data_link_flags_are_spines_meaning():
+    flags = config.flag_values(cli.build_parser().parse_args(
+        ["daemon", "-l", "10.0.0.1", "-rl", "100000", "-sf", "-tf"]))
+    cfg = config.build({"auth": "none"}, flags)
+    assert (cfg.rate_limit_kbps, cfg.stream_fairness, cfg.tcp_fairness) == (100000, True, True)
+    default = config.build({"logical_id": "10.0.0.1", "auth": "none"})
+    assert default.rate_limit_kbps == 500_000 and default.realtime_history_ms == 100

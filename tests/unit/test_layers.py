@@ -1,6 +1,7 @@
 """The architecture, checked: routing/ and wire/ are pure, and so is the protocol engine
 (daemon/node.py, daemon/neighbors.py, daemon/flooding.py: "No I/O, no clock", as their
-docstrings say) with every
+docstrings say) and the data links' protocols (dataplane/reliable.py, dataplane/realtime.py) with
+every
 module of ours it imports; only netlink/ imports pyroute2.
 
 Pure means: no module that does I/O, keeps time, runs processes or threads, or logs (IMPURE),
@@ -26,7 +27,8 @@ IMPURE = {
 }
 IMPURE_CALLS = {"open", "print", "input", "__import__", "exec", "eval", "breakpoint"}
 # The protocol engine: pure although it lives in daemon/ (the daemon's process code drives it).
-ENGINE = ("daemon/node.py", "daemon/neighbors.py", "daemon/flooding.py")
+ENGINE = ("daemon/node.py", "daemon/neighbors.py", "daemon/flooding.py",
+          "dataplane/reliable.py", "dataplane/realtime.py")  # + the data links' protocol cores
 
 
 def imports(path):
@@ -119,6 +121,9 @@ def test_the_engine_check_sees_a_violation(tmp_path, monkeypatch):
         "import time\nfrom spines_kr.netlink import kernel\nopen('x')\n")
     (fake / "daemon" / "neighbors.py").write_text("from spines_kr.daemon import node\n")
     (fake / "daemon" / "flooding.py").write_text("")
+    (fake / "dataplane").mkdir()
+    (fake / "dataplane" / "reliable.py").write_text("")
+    (fake / "dataplane" / "realtime.py").write_text("")
     monkeypatch.setattr(sys.modules[__name__], "PKG", fake)
     found = [v for f in sorted(engine_closure()) for v in violations(f, allowed())]
     assert found == ["daemon/node.py imports time", "daemon/node.py imports spines_kr.netlink",

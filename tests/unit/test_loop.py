@@ -54,6 +54,26 @@ def test_a_deadline_re_arms_cheaply_and_fires_once():
         loop.close()
 
 
+def test_a_deadline_that_never_moves_cannot_starve_the_file_descriptors():
+    # A part whose deadline callback re-arms it for "now" without progress (a bug, as a data
+    # link once had) must still leave the loop to its readers: a control request gets served.
+    loop = Loop()
+    spins, served = [0], []
+    d = Deadline(loop, lambda: (spins.__setitem__(0, spins[0] + 1), d.set(loop.time() - 1)))
+    r, w = os.pipe()
+    try:
+        d.set(loop.time())
+        os.write(w, b"x")
+        loop.add_reader(r, lambda: served.append(os.read(r, 1)))
+        assert loop.run_for(2.0, until=lambda: bool(served))
+        assert 1 <= spins[0] < 100  # served within a turn or two, not after a long spin
+    finally:
+        loop.remove_reader(r)
+        os.close(r)
+        os.close(w)
+        loop.close()
+
+
 def test_worker_results_come_back_on_the_loop_thread():
     loop = Loop()
     got = []
