@@ -1,8 +1,9 @@
 """The ``spines-kr`` command.
 
     spines-kr daemon [Spines flags] [long options]   run one overlay router in the foreground
-    spines-kr show status|neighbors|links|routes|topology|groups [--json]
-    spines-kr setlink | join | leave | keygen | capabilities [--json]
+    spines-kr show status|neighbors|links|routes|topology|groups|tunnels [--json]
+    spines-kr setlink | join | leave | keygen [--wireguard] | capabilities [--json]
+    spines-kr neighbor add|remove ADDRESS [--tunnel wireguard|vxlan|gre|ipip]
     spines-kr lab up|down|status|exec|demo ...        namespace lab on this machine
 
 Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.  Errors are one line
@@ -25,7 +26,6 @@ USAGE_ERROR = 2
 
 # Spines flags we accept but do not implement yet: flag -> what it is.
 NOT_YET = {
-    "-d": "multicast auto-discovery",
     "-W": "wireless timers",
     "-pc": "the packet-capture flag",
 }
@@ -245,6 +245,14 @@ def render(what: str, data) -> str:
         rows = [f"{g['group']:15} {g['kind']:9} {'yes' if g['member'] else 'no':6} "
                 f"{','.join(g['members']) or '-':32} {','.join(g['route_to']) or '-'}" for g in data]
         return "\n".join([f"{'group':15} {'kind':9} {'member':6} {'members':32} route to", *rows])
+    if what == "tunnels":
+        head = (f"{'peer':15} {'kind':9} {'interface':15} {'mtu':>5} {'local':15} "
+                f"{'remote':15} state")
+        rows = [f"{t['peer'] or '-':15} {t['kind']:9} {t['ifname'] or '-':15} "
+                f"{t['mtu'] or '-':>5} {t['local'] or '-':15} {t['remote']:15} {t['state']}"
+                + (f" ({t['error']})" if t.get("error") else "") for t in data["tunnels"]]
+        extra = [f"unresolved {a}: {why}" for a, why in data.get("unresolved", {}).items()]
+        return "\n".join([head, *rows, *extra])
     if what == "topology":
         rows = [f"{l['from']:15} -> {l['to']:15} cost {l['cost']}" for l in data["links"]]
         return "\n".join([f"{len(data['nodes'])} nodes, seen from {data['self']}", *rows])
@@ -310,15 +318,53 @@ def cmd_join(args) -> int:
     return 0
 
 
+def _neighbor_parser(sub) -> None:
+    p = sub.add_parser("neighbor", help="add or remove a neighbor (link or tunnel) at run time",
+                       description="Add or remove a neighbor on the running daemon, without a "
+                                   "restart: a direct link when ADDRESS is on-link, else a kernel "
+                                   "tunnel (--tunnel, or the daemon's tunnel setting).  Kept until "
+                                   "the daemon restarts: put it in the configuration to keep it.")
+    p.add_argument("op", choices=("add", "remove"))
+    p.add_argument("address", help="the neighbor's address (on-link, or its underlay address)")
+    p.add_argument("--tunnel", choices=("wireguard", "vxlan", "gre", "ipip"),
+                   help="make a tunnel of this kind to it")
+    p.add_argument("--socket", help="control socket of the daemon")
+    p.add_argument("-p", "--port", type=int, help="overlay port of the daemon (default 8100)")
+    p.set_defaults(func=cmd_neighbor)
+
+
+def cmd_neighbor(args) -> int:
+    d = ask(args, {"cmd": "neighbor", "op": args.op, "address": args.address,
+                   "tunnel": args.tunnel})
+    if d is None:
+        return 1
+    how = f"over a {d['tunnel']} tunnel" if d["tunnel"] else "direct link"
+    what = "added" if d["op"] == "add" else "removed"
+    print(f"neighbor {d['neighbor']} {what}" + (f" ({how})" if d["op"] == "add" else "")
+          + ("" if d["changed"] else " (already)"))
+    return 0
+
+
 def _keygen_parser(sub) -> None:
-    p = sub.add_parser("keygen", help="write a new overlay key file (mode 0600)")
+    p = sub.add_parser("keygen", help="write a new overlay key file (mode 0600)",
+                       description="Write a new overlay key (shared by every node), or with "
+                                   "--wireguard this node's own WireGuard private key (the "
+                                   "'wg genkey' format; its public key is printed and reaches "
+                                   "tunnel peers over the authenticated control plane).")
     p.add_argument("file", help="path of the key file to create (never overwritten)")
+    p.add_argument("--wireguard", action="store_true",
+                   help="a WireGuard private key for this node's tunnels (wireguard_key_file)")
     p.set_defaults(func=cmd_keygen)
 
 
 def cmd_keygen(args) -> int:
-    from spines_kr.keys import new_key_file_text
+    from spines_kr.keys import new_key_file_text, new_wireguard_key
 
+    public = None
+    if args.wireguard:
+        text, public = new_wireguard_key()
+    else:
+        text = new_key_file_text()
     try:
         fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -327,7 +373,10 @@ def cmd_keygen(args) -> int:
         print(f"spines-kr: error: keygen: {args.file}: {e.strerror}", file=sys.stderr)
         return 1
     with os.fdopen(fd, "w") as f:
-        f.write(new_key_file_text())
+        f.write(text)
+    if public is not None:
+        print(f"wrote {args.file} (mode 0600): this node's WireGuard key; public key {public}")
+        return 0
     print(f"wrote {args.file}: copy it to every node of the overlay (mode 0600)")
     return 0
 
@@ -343,6 +392,7 @@ def build_parser(with_lab: bool = True) -> Parser:
     _setlink_parser(sub)
     _join_parsers(sub)
     _keygen_parser(sub)
+    _neighbor_parser(sub)
     _capabilities_parser(sub)
     from spines_kr.tools import add_tool_parsers
 

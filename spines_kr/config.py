@@ -23,7 +23,7 @@ Spines' daemon flags and their keys here (Spines 5.x meaning):
                                         node and prefix routes; 1 = anycast groups (+ gateway);
                                         2 = multicast groups; 3 = 1 and 2 without delivering at
                                         the member edge (no group address put on lo)
-    -m                 accept_link_commands   accept setlink
+    -m                 accept_link_commands   accept setlink (and sessions' ADD_NEIGHBOR)
     -x seconds         exit_after       exit gracefully after that many seconds
     -U                 unicast_only
     -lf file           log_file
@@ -32,10 +32,14 @@ Spines' daemon flags and their keys here (Spines 5.x meaning):
 Ours: prefixes (announced behind this node), multipath (on by default; + multipath_tolerance for
 measured metrics), table/route_protocol/route_priority (our kernel slot), limits, timers,
 client sessions (remote_sessions: Spines' Remote_Connections config key; max_sessions).
+Virtual links (daemon.tunnels): ``[[neighbor]]`` tables (address, tunnel, keepalive_s) or
+``--tunnel-neighbor KIND:ADDRESS``; ``tunnel`` (--tunnel) makes -a neighbors that are not on-link
+tunnels of that kind; ``wireguard_key_file``, ``accept_tunnels``, ``wireguard_keepalive_s``,
+``vxlan_port``.  Discovery (daemon.discovery): ``-d ADDRESS`` (``discovery``, up to 10 class D
+addresses, Spines' meaning), ``discovery_interval_ms``.
 Data links (dataplane.links): -rl kbps (rate_limit_kbps), -sf (stream_fairness), -tf
 (tcp_fairness), realtime_history_ms.
-Flags of Spines not implemented yet (-d, -W, -pc) are refused by the CLI with a message saying
-so.
+Flags of Spines not implemented yet (-W, -pc) are refused by the CLI with a message saying so.
 
 Addresses are strings in the TOML file ("10.0.0.1"): an integer such as ``logical_id = 5`` is
 refused, never read as 0.0.0.5.
@@ -55,6 +59,8 @@ from spines_kr.routing.groups import ANYCAST, LOCAL_MULTICAST, is_group
 from spines_kr.routing.metrics import ALL_METRICS
 
 KERNEL_LEVELS_IMPLEMENTED = {0, 1, 2, 3}
+TUNNEL_KINDS = ("wireguard", "vxlan", "gre", "ipip")
+MAX_DISCOVERY = 10  # Spines: up to 10 discovery addresses
 RESERVED_TABLES = (0, 253, 255)
 NOT_AN_ID = (ipaddress.IPv4Network("0.0.0.0/8"), ipaddress.IPv4Network("127.0.0.0/8"),
              ipaddress.IPv4Network("224.0.0.0/3"))  # this-network, loopback, multicast+class E
@@ -101,6 +107,33 @@ class Config:
                                          help="neighbor link address to create a link to (repeatable)")
     accept_unknown_neighbors: bool = setting(True, kind="bool", engine=True,
                                              help="form links with on-link daemons not listed")
+    # virtual links as kernel tunnels (daemon.tunnels) and discovery (daemon.discovery)
+    neighbor: tuple[tuple[str, str | None, int | None], ...] = setting(
+        (), "--tunnel-neighbor", kind="tunnels", metavar="KIND:ADDRESS",
+        help="a neighbor reached through the underlay, over a kernel tunnel of KIND "
+             "(wireguard|vxlan|gre|ipip; repeatable); in the file: [[neighbor]] tables with "
+             "address, tunnel and keepalive_s")
+    tunnel: str = setting("none", "--tunnel", kind="choice", choices=("none", *TUNNEL_KINDS),
+                          help="tunnel kind for -a neighbors that are not on-link (default "
+                               "none: they must be on-link)")
+    accept_tunnels: bool = setting(True, kind="bool",
+                                   help="make a tunnel when a node of this overlay (its offer "
+                                        "authenticated with the overlay key) asks for one")
+    wireguard_key_file: str | None = setting(None, "--wireguard-key-file", kind="path",
+                                             reload=False, metavar="FILE",
+                                             help="this node's WireGuard private key (mode 0600;"
+                                                  " 'spines-kr keygen --wireguard FILE')")
+    wireguard_keepalive_s: int = setting(25, kind="int", lo=0, hi=3600,
+                                         help="persistent keepalive of the tunnels this node "
+                                              "asks for (keeps NAT mappings open; 0: off)")
+    vxlan_port: int = setting(4789, kind="int", lo=1, hi=65535, reload=False,
+                              help="UDP port of VXLAN tunnels (both ends)")
+    discovery: tuple[str, ...] = setting((), "-d", "--discovery", kind="ipv4s",
+                                         metavar="ADDRESS",
+                                         help="multicast discovery address (repeatable, up to "
+                                              "10): find daemons of this overlay on each LAN")
+    discovery_interval_ms: int = setting(1000, kind="int", lo=100, hi=600000,
+                                         help="announcements on each LAN this often")
     # data links (dataplane.links): Spines' -rl, -sf, -tf and its real-time history
     rate_limit_kbps: int = setting(500_000, "-rl", "--rate-limit", kind="int", lo=0,
                                    hi=100_000_000, reload=False, metavar="KBPS",
@@ -124,13 +157,13 @@ class Config:
         metavar="LEVEL", help="kernel routing level (repeatable): 0 = a /32 route to every node "
         "and prefix routes, 1 = anycast groups, 2 = multicast groups, 3 = 1/2 without the edge")
     accept_link_commands: bool = setting(False, "-m", "--accept-link-commands", kind="bool",
-                                         help="accept setlink commands")
+                                         help="accept setlink commands, and client sessions' "
+                                              "ADD_NEIGHBOR")
     exit_after: float | None = setting(None, "-x", "--exit-after", kind="float", lo=0, hi=1e9,
                                        reload=False, metavar="SECONDS",
                                        help="exit gracefully after SECONDS")
     unicast_only: bool = setting(False, "-U", "--unicast-only", kind="bool", reload=False,
-                                 help="Spines' unicast-only mode (accepted; changes nothing yet: "
-                                      "there is no multicast discovery to turn off)")
+                                 help="Spines' unicast-only mode: no multicast discovery (-d)")
     log_file: str | None = setting(None, "-lf", "--log-file", kind="path", reload=False,
                                    metavar="FILE", help="append logs to FILE")
     log_level: str = setting("info", "--log-level", kind="choice",
@@ -327,7 +360,46 @@ def _value(name: str, s: Setting, value):
         return tuple(dict.fromkeys(out))
     if kind == "groups":
         return tuple(dict.fromkeys(check_group(_ipv4(name, g), name) for g in _list(name, value)))
+    if kind == "tunnels":
+        return _tunnels(name, value)
     raise AssertionError(f"setting {name}: unknown kind {kind}")
+
+
+def _tunnels(name: str, value) -> tuple[tuple[str, str | None, int | None], ...]:
+    """[[neighbor]] tables ({address, tunnel, keepalive_s}) or flags "KIND:ADDRESS", as
+    (address, kind or None, keepalive or None), one per address (the last wins)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out: dict[str, tuple[str, str | None, int | None]] = {}
+    for i, item in enumerate(items):
+        where = f"{name}[{i}]"
+        if isinstance(item, str):
+            kind, sep, address = item.partition(":")
+            if not sep:
+                raise ConfigError(f"{where}: {item!r} is not KIND:ADDRESS (e.g. "
+                                  f"wireguard:192.0.2.7)")
+            item = {"address": address, "tunnel": kind}
+        elif isinstance(item, tuple) and len(item) == 3:  # already validated (a reload)
+            item = {k: v for k, v in zip(("address", "tunnel", "keepalive_s"), item)
+                    if v is not None}
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: expected a table with address (and tunnel, "
+                              f"keepalive_s), got {item!r}")
+        extra = set(item) - {"address", "tunnel", "keepalive_s"}
+        if extra:
+            raise ConfigError(f"{where}.{sorted(extra)[0]}: unknown key (address, tunnel, "
+                              f"keepalive_s)")
+        if "address" not in item:
+            raise ConfigError(f"{where}.address: missing")
+        address = _ipv4(f"{where}.address", item["address"])
+        kind = item.get("tunnel")
+        if kind is not None and kind not in TUNNEL_KINDS:
+            raise ConfigError(f"{where}.tunnel: {kind!r} is not one of {', '.join(TUNNEL_KINDS)}")
+        keepalive = item.get("keepalive_s")
+        if keepalive is not None:
+            keepalive = _number(f"{where}.keepalive_s", Setting("int", lo=0, hi=3600), keepalive,
+                                True)
+        out[address] = (address, kind, keepalive)
+    return tuple(out.values())
 
 
 def check_group(group: str, name: str = "group") -> str:
@@ -393,6 +465,7 @@ def build(file_values: dict | None = None, flag_values: dict | None = None) -> C
             raise ConfigError(f"metrics_listen: '{listen}' is not ADDRESS:PORT "
                               f"(e.g. 127.0.0.1:9181)")
     cfg = Config(**out)
+    _check_tunnels(cfg)
     if cfg.dead_interval_ms < 2 * cfg.hello_interval_ms:
         raise ConfigError(f"dead_interval_ms: {cfg.dead_interval_ms} must be at least twice "
                           f"hello_interval_ms ({cfg.hello_interval_ms})")
@@ -407,6 +480,28 @@ def build(file_values: dict | None = None, flag_values: dict | None = None) -> C
         raise ConfigError(f"prefixes: {len(cfg.prefixes)} prefixes, more than max_own_prefixes "
                           f"({cfg.max_own_prefixes})")
     return cfg
+
+
+def _check_tunnels(cfg: Config) -> None:
+    """Tunnels and discovery: what the settings must agree on."""
+    kinds = {k for _a, k, _ka in cfg.neighbor if k} | ({cfg.tunnel} - {"none"})
+    if "wireguard" in kinds and not cfg.wireguard_key_file:
+        raise ConfigError("wireguard_key_file: not set; WireGuard tunnels need this node's key "
+                          "('spines-kr keygen --wireguard FILE' writes one)")
+    if kinds and cfg.route_priority == 0:
+        raise ConfigError("route_priority: tunnels need 1 or more (their endpoints' underlay "
+                          "routes are pinned at route_priority - 1)")
+    for address, _kind, _ka in cfg.neighbor:
+        if address == cfg.logical_id:
+            raise ConfigError(f"neighbor: {address} is this node's own logical ID")
+    if len(cfg.discovery) > MAX_DISCOVERY:
+        raise ConfigError(f"discovery: {len(cfg.discovery)} addresses, at most {MAX_DISCOVERY} "
+                          f"(as Spines)")
+    for a in cfg.discovery:
+        if ipaddress.IPv4Address(a) not in ipaddress.IPv4Network("224.0.0.0/4"):
+            raise ConfigError(f"discovery: {a} is not a multicast address (224.0.0.0/4)")
+    if cfg.discovery and cfg.unicast_only:
+        raise ConfigError("discovery: -d (multicast discovery) contradicts -U (unicast only)")
 
 
 def check_log_file(path: str) -> None:
@@ -458,7 +553,7 @@ def add_flags(parser) -> None:
                 kw["action"] = argparse.BooleanOptionalAction
             else:
                 kw.update(action="store_const", const=True)
-        elif s.kind in ("ipv4s", "prefixes", "groups"):
+        elif s.kind in ("ipv4s", "prefixes", "groups", "tunnels"):
             kw["action"] = "append"
         elif s.kind == "ints":
             kw.update(action="append", type=int)

@@ -17,7 +17,7 @@ import json
 import socket
 
 SHOW = ("status", "neighbors", "links", "routes", "topology", "groups",
-        "sync")  # the daemon's views
+        "tunnels", "sync")  # the daemon's views
 
 
 def request(path: str, obj: dict, timeout: float = 10.0) -> dict:

@@ -12,7 +12,12 @@ Entry point: ``Commands(daemon)`` (built by the daemon once its parts are open).
                                   with origin "igmp", log, time()
     for client sessions:          logical_id(), traceroute(dst), edistance(group),
                                   members(group) (Spines' TRACEROUTE, EDISTANCE and MEMBERSHIP),
-                                  join/leave with origin "session:<id>", setlink
+                                  join/leave with origin "session:<id>", setlink,
+                                  neighbor("add", address) for libspines' ADD_NEIGHBOR
+    neighbors at run time:        neighbor(op, address, tunnel, origin) -> dict (ValueError with
+                                  one line for a person): a direct link or a tunnel
+                                  (daemon.tunnels), without a restart; kept until the daemon
+                                  restarts; tunnels() is the view of ``spines-kr show tunnels``
 
 Own groups are bounded where they are created (``max_own_groups``): a join beyond the limit is
 refused, counted (``refused.own_groups``) and logged once per minute with a count, so a LAN
@@ -129,6 +134,10 @@ class Commands:
             counters.update(d.sessions.counters)  # "sessions.*" keys (dataplane.sessions)
         if getattr(d, "hostmcast", None) is not None:
             data["host_multicast"] = d.hostmcast.status()
+        if getattr(d, "tunnels", None) is not None:
+            counters.update(d.tunnels.counters)  # "tunnels.*" keys (daemon.tunnels)
+        if getattr(d, "discovery", None) is not None:
+            counters.update({k: v for k, v in d.discovery.counters.items()})
         return {
             "logical_id": d.cfg.logical_id, "port": d.cfg.port, "metric": d.cfg.metric,
             "kernel_levels": list(d.cfg.kernel_levels), "pid": os.getpid(),
@@ -243,7 +252,14 @@ class Commands:
                 out.append((n, max(dist), 0))
         return out
 
-    VIEWS = ("status", "neighbors", "links", "routes", "topology", "groups")
+    def tunnels(self) -> dict:
+        d = self._d
+        direct, wanted, unresolved = d.neighbor_plan()
+        return {"tunnels": d.tunnels.status() if getattr(d, "tunnels", None) else [],
+                "direct_neighbors": direct, "unresolved": unresolved,
+                "discovery": d.discovery.status() if getattr(d, "discovery", None) else None}
+
+    VIEWS = ("status", "neighbors", "links", "routes", "topology", "groups", "tunnels")
 
     def sync(self) -> dict:
         """Cheap convergence facts (what ``lab.ops.converged`` polls): a digest of the LSDB
@@ -291,6 +307,49 @@ class Commands:
         return getattr(self, what)()
 
     # --- changes ----------------------------------------------------------------------------
+
+    def neighbor(self, op: str, address: str, tunnel: str | None = None,
+                 origin: str = "control") -> dict:
+        """Add or remove a neighbor at run time (``spines-kr neighbor``, ADD_NEIGHBOR): a direct
+        link when ``address`` is on-link and no tunnel kind is given, else a tunnel of kind
+        ``tunnel`` (or the ``tunnel`` setting).  ValueError with the reason when it cannot be."""
+        from spines_kr.config import TUNNEL_KINDS
+
+        d = self._d
+        if op not in ("add", "remove"):
+            raise ValueError(f"unknown operation {op!r} (add or remove)")
+        try:
+            a = str(ipaddress.IPv4Address(address))
+        except ValueError:
+            raise ValueError(f"'{address}' is not an IPv4 address") from None
+        if tunnel is not None and tunnel not in TUNNEL_KINDS:
+            raise ValueError(f"tunnel {tunnel!r} is not one of {', '.join(TUNNEL_KINDS)}")
+        direct, wanted, unresolved = d.neighbor_plan()
+        if op == "remove":
+            if a not in direct and a not in wanted and a not in unresolved:
+                raise ValueError(f"{a} is not a neighbor of this node")
+            kind = None
+        else:
+            if a == d.cfg.logical_id or d.interfaces.owner(a) is not None:
+                raise ValueError(f"{a} is an address of this node, not a neighbor")
+            on_link = not isinstance(d.interfaces.local_end(a, d.cfg.local_addresses), str)
+            kind = tunnel or (None if on_link else
+                              (d.cfg.tunnel if d.cfg.tunnel != "none" else None))
+            if kind is None and not on_link:
+                raise ValueError(f"{a} is not in a connected subnet: give a tunnel kind "
+                                 f"(--tunnel wireguard|vxlan|gre|ipip)")
+            if kind is not None:
+                if d.tunnels is None:
+                    raise ValueError("tunnels are not available in this daemon")
+                why = d.tunnels.refusal(kind)
+                if why:
+                    raise ValueError(f"{kind} tunnel to {a}: {why}")
+                if d.cfg.route_priority == 0:
+                    raise ValueError("tunnels need route_priority 1 or more")
+        d.log.info("neighbor.added" if op == "add" else "neighbor.removed", neighbor=a,
+                   tunnel=kind, origin=origin)
+        changed = d.change_neighbor(a, kind, op == "add")
+        return {"neighbor": a, "op": op, "tunnel": kind, "changed": changed}
 
     def join(self, group: str, joined: bool = True, origin: str = "control") -> dict:
         """Join or leave a group; ValueError with the reason when it cannot be done

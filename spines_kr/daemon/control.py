@@ -1,4 +1,4 @@
-"""The daemon's local control socket: ``spines-kr show ...``, join, leave, setlink.
+"""The daemon's local control socket: ``spines-kr show ...``, join, leave, setlink, neighbor.
 
 Protocol (client: ``spines_kr.ctl``): one JSON object on one line, e.g.
 ``{"cmd": "show", "what": "routes"}``; one JSON line back: ``{"ok": true, "data": ...}`` or
@@ -7,8 +7,8 @@ the daemon carries on.
 
 Permissions: the socket is created mode 0660, owned by the daemon's user (root, or systemd's
 dynamic user) and group ``control_group`` when set, in a directory only root (or that user) can
-write (/run/spines-kr by default): who may connect may read every view; setlink, join and leave
-are further checked by the peer's credentials (SO_PEERCRED): root, the daemon's own user, or a
+write (/run/spines-kr by default): who may connect may read every view; setlink, join, leave and
+neighbor (``{"cmd": "neighbor", "op": "add"|"remove", "address", "tunnel"}``) are further checked by the peer's credentials (SO_PEERCRED): root, the daemon's own user, or a
 member of ``control_group``.
 
 Entry points: ``ControlServer(loop, commands, path, group)`` (``open()`` refuses a path where
@@ -29,7 +29,7 @@ from spines_kr.daemon.commands import Pending
 from spines_kr.daemon.server import RequestServer
 
 MAX_REQUEST = 64 * 1024
-MUTATING = ("setlink", "join", "leave")
+MUTATING = ("setlink", "join", "leave", "neighbor")
 
 
 class ControlInUse(Exception):
@@ -161,5 +161,13 @@ def _dispatch(commands, req: dict, may_change: bool):
             return {"ok": True, "data": commands.join(str(req.get("group", "")), cmd == "join")}
         except ValueError as e:
             return {"ok": False, "error": f"{cmd}: {e}"}
+    if cmd == "neighbor":
+        try:
+            tunnel = req.get("tunnel")
+            return {"ok": True, "data": commands.neighbor(
+                str(req.get("op", "")), str(req.get("address", "")),
+                str(tunnel) if tunnel is not None else None)}
+        except ValueError as e:
+            return {"ok": False, "error": f"neighbor: {e}"}
     return {"ok": False, "error": f"unknown command {cmd!r}"}
 

@@ -19,6 +19,9 @@ the kernel's own answer then says what is wrong):
                                    kernel has them; classic multipath routes otherwise; without
                                    CONFIG_IP_ROUTE_MULTIPATH one next hop (warned).
                                    nexthop_objects = "on" without them is refused.
+    tunnels (daemon.tunnels)       each configured kind (``[[neighbor]]`` tunnel, ``tunnel``)
+                                   needs its feature: wireguard (the module, or wireguard-go
+                                   with /dev/net/tun), vxlan, gre, ipip; refused otherwise.
 """
 
 from __future__ import annotations
@@ -75,6 +78,12 @@ def decide(cfg, caps) -> Plan:
     if cfg.nexthop_objects == "on" and cfg.multipath and _lacks(caps, "nexthop_objects"):
         raise Refused(f"{caps.missing_reason('nexthop_objects')}, which nexthop_objects = "
                       f"\"on\" needs (\"auto\" falls back to classic multipath routes)")
+    kinds = sorted({k for _a, k, _ka in getattr(cfg, "neighbor", ()) if k}
+                   | ({getattr(cfg, "tunnel", "none")} - {"none"}))
+    for kind in kinds:
+        if _lacks(caps, kind):
+            raise Refused(f"{caps.missing_reason(kind)}, which {kind} tunnels ([[neighbor]] "
+                          f"tunnel, --tunnel, --tunnel-neighbor) need")
     multipath = "off"
     if cfg.multipath:
         if _lacks(caps, "multipath"):

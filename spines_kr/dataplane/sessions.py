@@ -101,7 +101,7 @@ COUNTERS = (
     "sessions.dropped.no_control", "sessions.closed.queue_full",
     "sessions.refused.too_many_sessions", "sessions.refused.bind_in_use",
     "sessions.refused.unsupported", "sessions.refused.join", "sessions.refused.setlink",
-    "sessions.ignored.add_neighbor", "sessions.handshake_timeout", "sessions.send_errors",
+    "sessions.ignored.add_neighbor", "sessions.add_neighbor", "sessions.handshake_timeout", "sessions.send_errors",
     "sessions.errors", "sessions.accept_errors",
 )
 
@@ -650,10 +650,27 @@ class Sessions:
             s.delivery = flag
 
     def _add_neighbor(self, s: _Session, cmd: wire.AddNeighbor) -> None:
-        self.counters["sessions.ignored.add_neighbor"] += 1
-        self._warn("session.add_neighbor_ignored", "add_neighbor", session=s.id,
-                   neighbor=_ip(cmd.address), reason="no effect (as in Spines 5.7): give "
-                   "neighbors with -a or the neighbors setting")
+        """libspines' ADD_NEIGHBOR: a link to that neighbor (direct, or a tunnel per the
+        ``tunnel`` setting; ``Commands.neighbor``), as ``spines-kr neighbor add`` does.  It
+        changes the overlay, so, like SETLINK, only with -m (accept_link_commands); a refusal
+        is logged and counted (no effect, as in Spines 5.7) and the session stays open."""
+        neighbor = _ip(cmd.address)
+        if not self.cfg.accept_link_commands:
+            self.counters["sessions.ignored.add_neighbor"] += 1
+            self._warn("session.add_neighbor_ignored", "add_neighbor", session=s.id,
+                       neighbor=neighbor, reason="this daemon was not started with -m "
+                       "(accept_link_commands): give neighbors with -a or neighbor add")
+            return
+        try:
+            result = self.commands.neighbor("add", neighbor, None, origin=f"session:{s.id}")
+        except ValueError as e:
+            self.counters["sessions.ignored.add_neighbor"] += 1
+            self._warn("session.add_neighbor_ignored", "add_neighbor", session=s.id,
+                       neighbor=neighbor, reason=str(e))
+            return
+        self.counters["sessions.add_neighbor"] += 1
+        self.log.info("session.add_neighbor", session=s.id, neighbor=neighbor,
+                      result=result)
 
     def _setlink(self, s: _Session, cmd: wire.SetLink) -> None:
         source, dest = _ip(cmd.remote), _ip(cmd.local)

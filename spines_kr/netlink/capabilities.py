@@ -46,7 +46,9 @@ only, where no namespace can be created):
     the system (/lib/modules/<release>/modules.dep) but not loaded (/sys/module, /proc/modules)
     is reported present as "loadable module, not loaded" without asking the kernel.
   * wireguard: the generic netlink family "wireguard" (CONFIG_WIREGUARD; looking it up loads
-    the module), else the ``wireguard-go`` program with a usable /dev/net/tun.
+    the module), else the ``wireguard-go`` program with a usable /dev/net/tun; the two ways
+    apart: wireguard_module (the family) and wireguard_go (the program and /dev/net/tun).
+    The daemon's tunnels use the module where it is, wireguard-go otherwise (daemon.tunnels).
   * tun: /dev/net/tun opens (no device is attached to it).
   * ipv6: an AF_INET6 socket opens and ``net.ipv6.conf.all.disable_ipv6`` is 0.
 """
@@ -111,6 +113,10 @@ FEATURES: dict[str, Feature] = {f.key: f for f in (
     Feature("vxlan", "VXLAN tunnels", "CONFIG_VXLAN", "virtual links over VXLAN"),
     Feature("wireguard", "WireGuard", "CONFIG_WIREGUARD, or wireguard-go with /dev/net/tun",
             "encrypted virtual links"),
+    Feature("wireguard_module", "the WireGuard kernel module", "CONFIG_WIREGUARD",
+            "WireGuard tunnels in the kernel (configured over generic netlink)"),
+    Feature("wireguard_go", "wireguard-go", "the wireguard-go program and /dev/net/tun",
+            "WireGuard tunnels without the kernel module (its UAPI socket)"),
     Feature("gre", "GRE tunnels", "CONFIG_NET_IPGRE", "virtual links over GRE"),
     Feature("ipip", "IPIP tunnels", "CONFIG_NET_IPIP", "virtual links over IPIP"),
     Feature("vrf", "VRF devices", "CONFIG_NET_VRF", "overlays bound to a VRF"),
@@ -159,6 +165,8 @@ class Capabilities:
             return f"kernel without {f.title} ({f.kconfig}; hidden by SPINES_KR_WITHOUT)"
         if key == "wireguard":
             return "kernel without WireGuard (CONFIG_WIREGUARD) and no wireguard-go with /dev/net/tun"
+        if key == "wireguard_go":
+            return f"no wireguard-go ({self.detail.get(key) or f.kconfig})"
         if key == "nftables":
             return f"no nftables ({self.detail.get(key) or f.kconfig})"
         return f"kernel without {f.title} ({f.kconfig})"
@@ -237,6 +245,9 @@ def probe(netns: str | None = None, refresh: bool = False) -> Capabilities:
     note("nftables", _nftables(netns))
     note("tun", _tun())
     note("wireguard", _wireguard(netns, present["tun"]))
+    module = _genl_family(netns, "wireguard")
+    note("wireguard_module", module if module[0] is not None else (None, module[1]))
+    note("wireguard_go", _wireguard_go(present["tun"], detail["tun"]))
     note("ipv6", _ipv6(netns))
     for key in os.environ.get("SPINES_KR_WITHOUT", "").replace(",", " ").split():
         if key in FEATURES:
@@ -385,6 +396,15 @@ def _wireguard(netns: str | None, tun: bool | None) -> tuple[bool | None, str]:
         return None, kernel[1]
     return False, ("" if go else "no wireguard-go program (Debian: wireguard-go)") + (
         "" if tun or not go else "; no usable /dev/net/tun")
+
+
+def _wireguard_go(tun: bool | None, tun_detail: str) -> tuple[bool | None, str]:
+    go = which("wireguard-go")
+    if go is None:
+        return False, "no wireguard-go program (Debian: wireguard-go)"
+    if tun is None:
+        return None, tun_detail
+    return (True, go) if tun else (False, "no usable /dev/net/tun")
 
 
 def _genl_family(netns: str | None, name: str) -> tuple[bool | None, str]:

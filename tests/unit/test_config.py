@@ -53,9 +53,9 @@ def test_bad_toml_is_one_line(tmp_path):
 @pytest.mark.parametrize("argv, words", [
     (["daemon", "-p", "x"], "invalid int"),
     (["daemon", "-l", "1.2.3"], "logical_id"),
-    (["daemon", "-l", "10.0.0.1", "-d", "239.1.1.1"], "-d"),
     (["daemon", "-l", "10.0.0.1", "-rl", "lots"], "invalid int"),
     (["daemon", "-l", "10.0.0.1", "-pc"], "-pc"),
+    (["daemon", "-l", "10.0.0.1", "--auth", "none", "-d", "10.1.1.1"], "discovery"),
     (["daemon", "-l", "10.0.0.1", "-W"], "-W"),
     (["daemon", "-l", "10.0.0.1", "-k", "7"], "kernel_levels"),
     (["daemon", "-c", "/nonexistent.toml"], "nonexistent"),

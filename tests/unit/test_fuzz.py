@@ -1056,7 +1056,9 @@ class StandInDaemon:
                                  "accept_link_commands": True})
         self.node = copy.deepcopy(_engine(False)[0])
         self.interfaces = SimpleNamespace(names={IFINDEX: "v0"}, up={IFINDEX: True},
-                                          addresses=[])
+                                          addresses=[], owner=lambda a: None,
+                                          local_end=lambda a, wanted=(): (IFINDEX, "10.0.0.1"))
+        self.tunnels = self.discovery = None
         self.kernel_sync = None
         self.overlay = SimpleNamespace(counters={})
         self.counters = {"refused.own_groups": 0}
@@ -1069,6 +1071,12 @@ class StandInDaemon:
     def after_event(self) -> None:
         pass
 
+    def neighbor_plan(self):
+        return [], {}, {}
+
+    def change_neighbor(self, address, kind, add) -> bool:
+        return True
+
     def apply_emulation(self, link, values, done, ingress=False) -> None:
         done(SimpleNamespace(daemon_covered=(), summary="not applied (stand-in)"), None)
 
@@ -1078,6 +1086,7 @@ CONTROL_CORPUS = [
     {"cmd": "setlink", "source": "10.255.0.1", "dest": "10.0.0.2", "bandwidth_kbps": 1000,
      "latency_ms": 5, "loss_pct": 1, "burst_pct": 0},
     {"cmd": "join", "group": "239.1.2.3"}, {"cmd": "leave", "group": "240.0.0.9"},
+    {"cmd": "neighbor", "op": "add", "address": "10.0.0.2", "tunnel": None},
 ]
 KEYS = ["cmd", "what", "group", "source", "dest", "bandwidth_kbps", "latency_ms", "loss_pct",
         "burst_pct"]

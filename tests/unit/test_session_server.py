@@ -80,6 +80,13 @@ class Commands:
     def __init__(self) -> None:
         self.joins: list[tuple[str, bool, str]] = []
         self.setlinks: list[dict] = []
+        self.neighbors: list[tuple[str, str, str]] = []
+
+    def neighbor(self, op, address, tunnel=None, origin="control"):
+        if address == "10.9.9.9":
+            raise ValueError("neighbor add: 10.9.9.9 is not on-link and no tunnel kind is set")
+        self.neighbors.append((op, address, origin))
+        return {"neighbor": address, "op": op}
 
     def logical_id(self) -> int:
         return ME
@@ -433,12 +440,27 @@ def test_join_refused_by_the_node_or_of_a_non_group_closes_the_session(server):
     assert server.counters["sessions.refused.join"] == 2
 
 
-def test_add_neighbor_is_logged_and_changes_nothing(server):
+def test_add_neighbor_without_m_is_logged_and_changes_nothing(server):
     with connect(server) as a:
         a.setsockopt(0, client.SPINES_ADD_NEIGHBOR, "10.0.0.9")
         a.confirm()
         assert server.counters["sessions.ignored.add_neighbor"] == 1
         assert server.log.named("session.add_neighbor_ignored")[0]["neighbor"] == "10.0.0.9"
+        assert server.commands.neighbors == []
+
+
+def test_add_neighbor_with_m_adds_the_link(tmp_path):
+    srv = Server(tmp_path, accept_link_commands=True)
+    try:
+        with connect(srv) as a:
+            a.setsockopt(0, client.SPINES_ADD_NEIGHBOR, "10.0.0.9")
+            a.setsockopt(0, client.SPINES_ADD_NEIGHBOR, "10.9.9.9")  # refused: stays open
+            a.confirm()
+            assert srv.commands.neighbors == [("add", "10.0.0.9", f"session:{a.session_id}")]
+            assert srv.counters["sessions.add_neighbor"] == 1
+            assert srv.counters["sessions.ignored.add_neighbor"] == 1
+    finally:
+        srv.stop()
 
 
 def test_setlink_needs_accept_link_commands(server):
