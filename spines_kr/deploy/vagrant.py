@@ -55,6 +55,14 @@ What a node VM gets (``files``), the namespace lab's choices carried over:
 A host VM: its LAN NIC (``lan0``, the host's address) with routes via its node to every logical
 ID, the link subnet and every other node's prefixes (the VM keeps its own default route, the
 provider's NAT, so ``vagrant ssh`` and apt keep working).
+The underlay (``[[router]]``, ``[[underlay]]``, ``[[link]]`` with ``tunnel``): a router VM
+(role ``router``, no daemon: forwarding on, its NICs ``u-<peer>`` with their addresses and
+static routes to every underlay subnet, as the namespace lab's); one network per underlay link
+(kind ``underlay``, segments numbered after the links and LANs); a node's underlay NIC gets
+routes to every underlay subnet via its first underlay neighbor (not a default route: the VM
+keeps the provider's), and its daemon configuration the tunnels of its links (``neighbor =
+["KIND:ADDRESS", ...]``, the peers' underlay addresses) with its own WireGuard key
+(``/etc/spines-kr/wireguard.key``, 0600, made with the plan): the daemons make the tunnels.
 ``vagrant/provision.sh`` does the rest (packages, the venv, the unit, starting it).
 """
 
@@ -70,7 +78,7 @@ from pathlib import Path
 
 from spines_kr.config import FIELDS as CONFIG_FIELDS
 from spines_kr.deploy import toml_text
-from spines_kr.keys import new_key_file_text
+from spines_kr.keys import new_key_file_text, new_wireguard_key
 from spines_kr.lab.topology import Topology, TopologyError, load
 
 PLAN_VERSION = 1
@@ -132,6 +140,12 @@ def node_config(topology: Topology, name: str) -> dict:
         values["groups"] = [str(g) for g in node.groups]
     if getattr(topology, "anypath", False) and "anypath" in CONFIG_FIELDS:
         values["anypath"] = True
+    tunnels = [(t.b if t.a == name else t.a, t.kind) for t in getattr(topology, "tunnels", ())
+               if name in (t.a, t.b)]
+    if tunnels:
+        values["neighbor"] = [f"{kind}:{topology.endpoint(peer)}" for peer, kind in tunnels]
+        if any(kind == "wireguard" for _p, kind in tunnels):
+            values["wireguard_key_file"] = WIREGUARD_KEY_PATH
     return values
 
 
@@ -219,6 +233,7 @@ def plan(topology: Topology, *, lab: str = "lab", box: str = DEFAULT_BOX,
     networks: list[dict] = []
     ifaces: dict[str, list[dict]] = {n.name: [] for n in topology.nodes}
     ifaces.update({h.name: [] for h in topology.hosts})
+    ifaces.update({r.name: [] for r in getattr(topology, "routers", ())})
     for ln in topology.links:
         net = f"spkr-{lab}-l{ln.index}"
         networks.append({"name": net, "kind": "link", "subnet": str(ln.subnet),
@@ -242,6 +257,17 @@ def plan(topology: Topology, *, lab: str = "lab", box: str = DEFAULT_BOX,
                                 "address": str(addr), "link": None, "peer": None,
                                 "peer_address": None})
         segment += 1
+    for u in getattr(topology, "underlay", ()):
+        net = f"spkr-{lab}-u{u.index}"
+        networks.append({"name": net, "kind": "underlay", "subnet": str(u.subnet),
+                         "members": [u.a, u.b], "link": None})
+        for member, mine in enumerate((u.a, u.b)):
+            ifname, addr, peer, peer_addr = u.end(mine)
+            ifaces[mine].append({"network": net, "ifname": ifname, "mac": mac(segment, member),
+                                 "address": str(addr), "link": None, "peer": peer,
+                                 "peer_address": str(peer_addr.ip)})
+        segment += 1
+    underlay_routes = _underlay_routes(topology, ifaces)
 
     vms = []
     for node in topology.nodes:
@@ -251,8 +277,11 @@ def plan(topology: Topology, *, lab: str = "lab", box: str = DEFAULT_BOX,
             f"generated from the topology {origin}by spines_kr.deploy.vagrant: edit the "
             f"topology, not this."))
         files = [_file(CONFIG_PATH, config), _file(KEY_PATH, key_text, mode="0600")]
+        if "wireguard_key_file" in values:
+            files.append(_file(WIREGUARD_KEY_PATH, new_wireguard_key()[0], mode="0600"))
         for nic in ifaces[node.name]:
-            files += _link_files(nic["ifname"], nic["mac"], nic["address"])
+            files += _link_files(nic["ifname"], nic["mac"], nic["address"],
+                                 *underlay_routes.get((node.name, nic["ifname"]), ((), None)))
         files.append(_file("/etc/systemd/system/spines-kr-logical-id.service",
                            _logical_id_unit(str(node.logical_id))))
         files.append(_file("/etc/sysctl.d/60-spines-kr.conf", SYSCTL))
@@ -278,11 +307,35 @@ def plan(topology: Topology, *, lab: str = "lab", box: str = DEFAULT_BOX,
         routes += [str(p) for n in topology.nodes if n.name != host.attach for p in n.advertised]
         files = _link_files(nic["ifname"], nic["mac"], nic["address"], routes, host.gateway)
         vms.append(_vm(host.name, "host", box, ifaces[host.name], files, ""))
+    for router in getattr(topology, "routers", ()):
+        files = [_file("/etc/sysctl.d/60-spines-kr.conf", SYSCTL)]
+        for nic in ifaces[router.name]:
+            files += _link_files(nic["ifname"], nic["mac"], nic["address"],
+                                 *underlay_routes.get((router.name, nic["ifname"]), ((), None)))
+        vms.append(_vm(router.name, "router", box, ifaces[router.name], files, ""))
 
     return {"version": PLAN_VERSION, "lab": lab, "box": box, "source_dir": SOURCE_DIR,
             "metric": topology.metric, "port": topology.port, "multipath": topology.multipath,
             "unit": UNIT, "config_path": CONFIG_PATH, "control_socket": CONTROL_SOCKET,
             "networks": networks, "vms": vms}
+
+
+def _underlay_routes(topology, ifaces: dict[str, list[dict]]
+                     ) -> dict[tuple[str, str], tuple[list[str], str]]:
+    """(VM, NIC) -> (destinations, gateway): the underlay's static routes (``Topology.
+    underlay_routes``) on the NIC whose peer is the gateway; a node's default route becomes one
+    route per underlay subnet it is not on (its VM keeps the provider's default route)."""
+    out: dict[tuple[str, str], tuple[list[str], str]] = {}
+    if not getattr(topology, "underlay", ()):
+        return out
+    subnets = [str(u.subnet) for u in topology.underlay]
+    for name, routes in topology.underlay_routes().items():
+        for dst, gw in routes:
+            nic = next(n for n in ifaces[name] if n["peer_address"] == gw)
+            mine = {str(IPv4Network(n["address"], strict=False)) for n in ifaces[name]}
+            dsts = [s for s in subnets if s not in mine] if dst == "default" else [dst]
+            out.setdefault((name, nic["ifname"]), ([], gw))[0].extend(dsts)
+    return out
 
 
 def _vm(name: str, role: str, box: str, nics: list[dict], files: list[dict], unit: str, *,
@@ -298,6 +351,7 @@ def _vm(name: str, role: str, box: str, nics: list[dict], files: list[dict], uni
 
 
 KEY_PATH = "/etc/spines-kr/overlay.key"
+WIREGUARD_KEY_PATH = "/etc/spines-kr/wireguard.key"
 
 
 def lab_key(path: Path) -> str:

@@ -24,6 +24,10 @@ What a lab is made of (``state`` is ``state.plan``'s document):
         per host a namespace ``<LAB>-<host>`` (lo up) and a veth pair, ``eth0`` there with the
         host's address and a default route via the node, ``lan-<host>`` a port of the bridge.
         Hosts run nothing: their traffic crosses the overlay on the nodes' kernel routes.
+    the underlay (``state["routers"]``, ``state["underlay"]``): a namespace ``<LAB>-<router>`` per
+        router (lo up, the same sysctls), a veth pair per underlay link (``u-<peer>`` ends,
+        addressed from underlay_subnet), and the static routes ``state["underlay_routes"]``
+        (routers: every underlay subnet; nodes: a default route), added last in each namespace;
     A joined lab (``state["join"]``) makes no namespace and sets no sysctl: only its links and a
     second /32 on lo in its base's namespaces.
 
@@ -176,13 +180,22 @@ def table_routes(ns: str, table: str, proto: str | None = None) -> list[dict]:
 def steps(state: dict) -> list[tuple[str, list[tuple[str | None, list[str]]]]]:
     """The ip batches that build ``state`` (see the module's doc), in order."""
     own = not state.get("join")
-    ns_of = {n["name"]: n["netns"] for n in state["nodes"]}
+    ns_of = {n["name"]: n["netns"] for n in state["nodes"] + state.get("routers", [])}
     per_ns: dict[str, list[str]] = {}
     veths = []
+    for router in state.get("routers", []):
+        per_ns[router["netns"]] = ["link set lo up"]
+    for ln in state.get("underlay", []):
+        veths.append(f"link add {ln['a_ifname']} netns {ns_of[ln['a']]} type veth "
+                     f"peer name {ln['b_ifname']} netns {ns_of[ln['b']]}")
+        for side in ("a", "b"):
+            ifname = ln[f"{side}_ifname"]
+            per_ns.setdefault(ns_of[ln[side]], []).extend(
+                [f"addr add {ln[f'{side}_address']} dev {ifname}", f"link set {ifname} up"])
     for node in state["nodes"]:
         lines = per_ns.setdefault(node["netns"], [])
         if own:
-            lines.append("link set lo up")
+            lines.insert(0, "link set lo up")
         lines.append(f"addr add {node['logical_id']}/32 dev lo")
     for ln in state["links"]:
         veths.append(f"link add {ln['a_ifname']} netns {ns_of[ln['a']]} type veth "
@@ -208,11 +221,13 @@ def steps(state: dict) -> list[tuple[str, list[tuple[str | None, list[str]]]]]:
                                  f"addr add {host['address']}/{plen} dev {host['ifname']}",
                                  f"link set {host['ifname']} up",
                                  f"route add default via {host['gateway']}"]
+    for member, routes in state.get("underlay_routes", {}).items():
+        per_ns[ns_of[member]] += [f"route add {dst} via {gw}" for dst, gw in routes]
     out = []
     if own:
         out.append(("namespaces", [(None, [f"netns add {ns}" for ns in state["netns"]])]))
         out.append(("sysctls", [(None, [f"netns exec {n['netns']} sysctl -q -w {' '.join(SYSCTLS)}"
-                                        for n in state["nodes"]])]))
+                                        for n in state["nodes"] + state.get("routers", [])])]))
     out.append(("links", [(None, veths)]))
     out.append(("addresses", list(per_ns.items())))
     return out

@@ -122,6 +122,18 @@ def _print_status(st: dict) -> None:
         rows += [(h["name"], h["netns"], h["address"], h["prefix"], h["attach"], h["gateway"])
                  for h in st["hosts"]]
         _table(rows)
+    if st.get("underlay"):
+        print()
+        rows = [("UNDERLAY A", "IFNAME", "ADDRESS", "B", "IFNAME", "ADDRESS")]
+        rows += [(u["a"], u["a_ifname"], u["a_address"], u["b"], u["b_ifname"], u["b_address"])
+                 for u in st["underlay"]]
+        _table(rows)
+    if st.get("tunnels"):
+        print()
+        rows = [("TUNNEL", "A", "IFNAME", "ENDPOINT", "B", "IFNAME", "ENDPOINT", "MTU")]
+        rows += [(t["kind"], t["a"], t["a_ifname"], t["a_endpoint"], t["b"], t["b_ifname"],
+                  t["b_endpoint"], str(t.get("mtu") or "-")) for t in st["tunnels"]]
+        _table(rows)
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:

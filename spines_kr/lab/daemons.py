@@ -67,11 +67,15 @@ def daemon_argv(*, port: int, logical_id: str, local_addresses: list[str], neigh
                 prefixes: list[str] = (), multipath: bool = True, table: int = MAIN_TABLE,
                 keep_routes: bool = False, groups: list[str] = (),
                 kernel_levels: tuple[int, ...] = (0,), anypath: bool = False,
-                key_file: str | None = None, config_file: str | None = None) -> list[str]:
+                key_file: str | None = None, config_file: str | None = None,
+                tunnel_neighbors: list[str] = (),
+                wireguard_key_file: str | None = None) -> list[str]:
     """The command line of one node's daemon (run inside its namespace); ``prefixes`` are the
     networks it advertises (``--prefix``, repeated; none when empty); ``table`` its route table
     (``--table`` when not main), ``keep_routes`` adds ``--keep-routes``; ``config_file`` adds
-    ``-c FILE`` (settings without a flag, e.g. timers; the flags win over it)."""
+    ``-c FILE`` (settings without a flag, e.g. timers; the flags win over it);
+    ``tunnel_neighbors`` ("KIND:ADDRESS") add ``--tunnel-neighbor`` each, with the node's
+    ``--wireguard-key-file``."""
     argv = [sys.executable, "-m", "spines_kr", "daemon", "-p", str(port), "-l", logical_id]
     for a in local_addresses:
         argv += ["-I", a]
@@ -94,6 +98,10 @@ def daemon_argv(*, port: int, logical_id: str, local_addresses: list[str], neigh
         argv += ["--key-file", key_file]
     if config_file:
         argv += ["-c", config_file]
+    for t in tunnel_neighbors:
+        argv += ["--tunnel-neighbor", t]
+    if wireguard_key_file:
+        argv += ["--wireguard-key-file", wireguard_key_file]
     return argv + ["-m", "-w", metric, "-lf", log_file, "-ud", ipc_path,
                    "--control-socket", control_socket]
 

@@ -44,6 +44,7 @@ alone, whatever phase an ``up`` died in, and is idempotent.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -124,6 +125,7 @@ def up(topology: Topology, lab: str, *, port: int | None = None,
                            f"first") from None
         _state.save(state)
         _state.write_key(sdir / KEY_FILE)
+        _state.write_wireguard_keys(state)
         if config_text is not None:
             (sdir / _state.DAEMON_CONFIG).write_bytes(config_text)
     timings = state["timings"]
@@ -199,13 +201,44 @@ def status(lab: str) -> dict:
     hosts = [{"name": h["name"], "netns": h["netns"], "address": h["address"],
               "prefix": h["prefix"], "gateway": h["gateway"], "attach": h["attach"]}
              for h in state["hosts"]]
+    underlay = {}
+    if state.get("routers") or state.get("underlay"):
+        underlay = {"routers": state.get("routers", []), "underlay": state.get("underlay", []),
+                    "tunnels": _tunnel_status(state)}
     return {"name": state["name"], "state_dir": state["state_dir"], "phase": state["phase"],
             "port": state["port"], "metric": state["metric"],
             "table": state.get("table", MAIN_TABLE), "join": state.get("join"),
             "joined": joined_labs(lab), "slot": state.get("slot", 0),
             "keep_routes": state.get("keep_routes", False),
             "timings": state.get("timings", {}), "nodes": nodes,
-            "links": state["links"], "hosts": hosts}
+            "links": state["links"], "hosts": hosts, **underlay}
+
+
+def _tunnel_status(state: dict) -> list[dict]:
+    """Each tunnel of the plan with its devices as the kernel shows them: the daemons name them
+    (``daemon.tunnels``) and mark them with an alias ``spines-kr <port> <kind> <peer> via
+    <remote>``; None while an end does not exist."""
+    from spines_kr.netlink.tunnels import parse_alias
+
+    ns_of = {n["name"]: n["netns"] for n in state["nodes"]}
+    lid = {n["name"]: n["logical_id"] for n in state["nodes"]}
+    found: dict[tuple[str, str], dict] = {}  # (node, peer logical ID) -> link
+    for node in {t[side] for t in state.get("tunnels", []) for side in ("a", "b")}:
+        try:
+            links = _build.ip_json("-d", "-n", ns_of[node], "link", "show")
+        except (LabError, ValueError):
+            links = []
+        for link in links:
+            parsed = parse_alias(link.get("ifalias", ""))
+            if parsed is not None and parsed[0] == state["port"]:
+                found[(node, parsed[2])] = link
+    out = []
+    for t in state.get("tunnels", []):
+        a, b = found.get((t["a"], lid[t["b"]])), found.get((t["b"], lid[t["a"]]))
+        out.append({**t, "a_ifname": a and a["ifname"], "b_ifname": b and b["ifname"],
+                    "a_mtu": a and a.get("mtu"), "b_mtu": b and b.get("mtu"),
+                    "mtu": min(x["mtu"] for x in (a, b)) if a and b else None})
+    return out
 
 
 def exec_argv(lab: str, member: str, command: list[str]) -> tuple[list[str], dict]:
@@ -216,7 +249,7 @@ def exec_argv(lab: str, member: str, command: list[str]) -> tuple[list[str], dic
     environment."""
     state = _state.load(lab)
     nodes = [n for n in state["nodes"] if n["name"] == member]
-    hosts = [h for h in state["hosts"] if h["name"] == member]
+    hosts = [h for h in state["hosts"] + state.get("routers", []) if h["name"] == member]
     if not nodes and not hosts:
         raise LabError(f"lab {lab!r} has no node {member!r} "
                        f"(nodes: {', '.join(n['name'] for n in state['nodes'])}"
@@ -238,6 +271,28 @@ def exec_argv(lab: str, member: str, command: list[str]) -> tuple[list[str], dic
 
 
 # -- down ----------------------------------------------------------------------------------------
+
+def _stop_tunnel_processes(state: dict) -> list[str]:
+    from spines_kr.daemon.tunnels import stop_process
+    from spines_kr.netlink.wireguard import socket_path
+
+    stopped = []
+    for n in state["nodes"]:
+        path = Path(n["control_socket"] + ".tunnels.json")
+        try:
+            recorded = json.loads(path.read_text()).get("processes", {})
+        except (OSError, ValueError):
+            continue
+        for ifname, (pid, start) in recorded.items():
+            if stop_process(int(pid), int(start)):
+                stopped.append(f"wireguard-go {ifname} ({n['name']})")
+        for ifname in recorded:
+            try:
+                os.unlink(socket_path(ifname))
+            except OSError:
+                pass
+    return stopped
+
 
 def down(lab: str) -> dict:
     """Stop the lab's daemons and remove everything it created, and its state directory (see
@@ -282,6 +337,10 @@ def down(lab: str) -> dict:
     stopped, killed, problems = _daemons.stop(procs)
     report["stopped"], report["killed"] = stopped, killed
     report["problems"] += problems
+
+    # 1b. wireguard-go processes a daemon that died left (its state file records them), and
+    #     their host-global control sockets.
+    report["stopped"] += _stop_tunnel_processes(state)
 
     # 2. A joined lab: what it made or its daemons left in its base's namespaces.
     if state.get("join"):

@@ -9,7 +9,8 @@ Entry points (``st`` is ``netns.status(lab)``; a "member" is a node or a host of
     all_routes(st) -> {node: {dst: [gateway, ...]}}     kernel_routes of every node, read over
                                                         netlink (``lab.routes``: no process each)
     converged(st) / wait_converged(st, timeout) -> seconds or None
-                                                        (in the lab's table: ``st["table"]``)
+                                                        (in the lab's table: ``st["table"]``,
+                                                        and ``settled``: one LSDB everywhere)
     unconverged(st) -> [node names]                     the nodes whose tables are not complete
     address_of(st, member) -> address                   a node's logical ID, a host's address
     netns_of(st, member) -> namespace name
@@ -18,6 +19,8 @@ Entry points (``st`` is ``netns.status(lab)``; a "member" is a node or a host of
     path(st, src, dst) -> [node names]                  the kernel's hop-by-hop path (nodes),
                                                         by the routes in the lab's table
     silent_failure(st, a, b, on)                        nftables drop on a's end of link a-b
+                                                        (an overlay link, or an underlay link:
+                                                        a and b may be routers then)
     carrier(st, a, b, up)                               ``ip link set down`` on a's end
     Probe(st, src, dst, duration, rate)                 UDP probe stream src -> dst's address
 
@@ -91,7 +94,7 @@ def _node(st: dict, name: str) -> dict:
 
 
 def _member(st: dict, name: str) -> dict:
-    for m in [*st["nodes"], *st.get("hosts", [])]:
+    for m in [*st["nodes"], *st.get("hosts", []), *st.get("routers", [])]:
         if m["name"] == name:
             return m
     raise KeyError(f"lab {st['name']!r} has no node or host {name!r}")
@@ -119,7 +122,7 @@ def ping(st: dict, src: str, dst: str, count: int = 3, interval: float = 0.2,
 
 
 def _link(st: dict, a: str, b: str) -> dict:
-    for l in st["links"]:
+    for l in [*st["links"], *st.get("underlay", [])]:
         if (l["a"], l["b"]) in ((a, b), (b, a)):
             return l
     raise KeyError(f"no link {a}-{b}")
@@ -145,10 +148,12 @@ def unconverged(st: dict) -> list[str]:
     own = {n["name"]: {n["logical_id"] + "/32", *n.get("prefixes", [])} for n in st["nodes"]}
     owners = collections.Counter(d for dsts in own.values() for d in dsts)
     every = set(owners)
+    # the pinned underlay routes to tunnel endpoints (daemon.tunnels) are ours too
+    pins = {f"{t[s]}/32" for t in st.get("tunnels", []) for s in ("a_endpoint", "b_endpoint")}
     out = []
     for name, have in all_routes(st, gateways=False).items():
         want = every - {d for d in own[name] if owners[d] == 1}  # another node's too: wanted
-        got = have.keys()
+        got = have.keys() - pins
         if want - got or any(not _group_route(d) for d in got - want):
             out.append(name)
     return out
@@ -200,7 +205,7 @@ def wait_converged(st: dict, timeout: float = 10.0, interval: float = 0.02) -> f
 
 def path(st: dict, src: str, dst: str) -> list[str]:
     """The nodes a packet from ``src`` to ``dst``'s logical ID crosses, by the kernels' routes."""
-    owner = {}
+    owner = {n["logical_id"]: n["name"] for n in st["nodes"]}  # tunnels: gateway = peer's ID
     for l in st["links"]:
         owner[l["a_address"].split("/")[0]] = l["a"]
         owner[l["b_address"].split("/")[0]] = l["b"]
@@ -224,7 +229,7 @@ def _nft_table(st: dict) -> str:
 
 def silent_failure(st: dict, a: str, b: str, on: bool = True) -> None:
     ifname, _ = _end(st, a, b)
-    ns, nft_table = _node(st, a)["netns"], _nft_table(st)
+    ns, nft_table = _member(st, a)["netns"], _nft_table(st)
     if on:
         rules = (f"table inet {nft_table} {{\n"
                  f" chain in {{ type filter hook prerouting priority -300; iifname \"{ifname}\" drop; }}\n"

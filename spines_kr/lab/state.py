@@ -30,7 +30,14 @@ always finish the job, whatever happened::
      "links": [{"a", "b", "a_ifname", "b_ifname", "a_address", "b_address", "latency_ms",
                 "loss_pct", "bandwidth_kbps", "emulation" (once applied)}],
      "hosts": [{"name", "netns", "attach", "address": "10.210.0.2", "prefix": "10.210.0.0/24",
-                "gateway", "ifname": "eth0", "node_ifname": "lan-<host>"}]}
+                "gateway", "ifname": "eth0", "node_ifname": "lan-<host>"}],
+     "routers": [{"name", "netns"}],           (the underlay: namespaces that only route)
+     "underlay": [{"a", "b", "a_ifname", "b_ifname", "a_address", "b_address"}],
+     "underlay_routes": {member: [[destination, gateway], ...]},
+     "tunnels": [{"a", "b", "kind", "a_endpoint", "b_endpoint"}]}  (the devices' names, made by
+                                              the daemons, are read from the kernel: ``status``)
+A node with tunnels also has "tunnels" ([KIND:ADDRESS, ...], its daemon's --tunnel-neighbor)
+and "wireguard_key" (its own WireGuard key file in the state directory, made at up).
 
 The file is JSON with one node, link or host per line (written by the C encoder: a save of a
 200-node lab costs about 4 ms, where an indented dump cost 25 ms at 100 nodes).  Every other
@@ -137,6 +144,11 @@ def joined_labs(lab: str) -> list[str]:
 
 # -- the plan ----------------------------------------------------------------------------------
 
+def wireguard_key_path(sdir: Path, node: str) -> Path:
+    """A node's WireGuard private key in the lab's state directory (removed with it)."""
+    return Path(sdir) / f"{node}.wg.key"
+
+
 def plan(topology: Topology, lab: str, *, daemon: Callable[..., list[str]],
          port: int | None = None, join: dict | None = None, keep_routes: bool = False,
          daemon_config: bool = False) -> dict:
@@ -177,6 +189,14 @@ def plan(topology: Topology, lab: str, *, daemon: Callable[..., list[str]],
             spec["keep_routes"] = True
         if daemon_config:
             spec["config_file"] = str(sdir / DAEMON_CONFIG)
+        tunnels = []
+        for t in topology.tunnels_of(n.name):
+            peer = t.b if t.a == n.name else t.a
+            tunnels.append(f"{t.kind}:{topology.endpoint(peer)}")
+        if tunnels:
+            spec["tunnel_neighbors"] = tunnels
+        if any(t.kind == "wireguard" for t in topology.tunnels_of(n.name)):
+            spec["wireguard_key_file"] = str(wireguard_key_path(sdir, n.name))
         lan = {"ifname": LAN_BRIDGE, "address": str(n.lan)} if n.lan else None
         nodes.append({"name": n.name, "netns": base_ns.get(n.name, f"{lab}-{n.name}"),
                       "logical_id": str(n.logical_id),
@@ -184,7 +204,10 @@ def plan(topology: Topology, lab: str, *, daemon: Callable[..., list[str]],
                       "prefixes": spec.get("prefixes", []), "lan": lan,
                       "argv": daemon(**spec), "log": files["log"], "out": files["out"],
                       "ipc": files["ipc"], "control_socket": files["ctl"],
-                      "pid": None, "start_time": None, "ready_s": None})
+                      "pid": None, "start_time": None, "ready_s": None,
+                      **({"tunnels": spec["tunnel_neighbors"]} if tunnels else {}),
+                      **({"wireguard_key": spec["wireguard_key_file"]}
+                         if "wireguard_key_file" in spec else {})})
     links = [{"a": ln.a, "b": ln.b, "a_ifname": ln.a_ifname, "b_ifname": ln.b_ifname,
               "a_address": str(ln.a_address), "b_address": str(ln.b_address),
               "latency_ms": ln.latency_ms, "loss_pct": ln.loss_pct,
@@ -194,13 +217,26 @@ def plan(topology: Topology, lab: str, *, daemon: Callable[..., list[str]],
               "address": str(h.address.ip), "prefix": str(h.address.network),
               "gateway": str(h.gateway), "ifname": HOST_IFNAME, "node_ifname": h.ifname}
              for h in topology.hosts]
+    routers = [{"name": r.name, "netns": f"{lab}-{r.name}"} for r in topology.routers]
+    underlay = [{"a": u.a, "b": u.b, "a_ifname": u.a_ifname, "b_ifname": u.b_ifname,
+                 "a_address": str(u.a_address), "b_address": str(u.b_address)}
+                for u in topology.underlay]
+    tunnels = [{"a": t.a, "b": t.b, "kind": t.kind,
+                "a_endpoint": str(topology.endpoint(t.a)), "b_endpoint": str(topology.endpoint(t.b))}
+               for t in topology.tunnels]
+    extra = {}
+    if routers or underlay:
+        extra = {"routers": routers, "underlay": underlay,
+                 "underlay_routes": {k: [list(r) for r in v]
+                                     for k, v in topology.underlay_routes().items()},
+                 "tunnels": tunnels}
     return {"version": 1, "name": lab, "state_dir": str(sdir), "phase": "planned",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "port": port,
             "metric": topology.metric, "rt_protos": "none", "table": table,
             "join": join["name"] if join else None, "slot": topology.slot,
             "keep_routes": keep_routes, "timings": {},
-            "netns": [] if join else [m["netns"] for m in nodes + hosts], "nodes": nodes,
-            "links": links, "hosts": hosts}
+            "netns": [] if join else [m["netns"] for m in nodes + hosts + routers],
+            "nodes": nodes, "links": links, "hosts": hosts, **extra}
 
 
 # -- rt_protos name file -----------------------------------------------------------------------
@@ -252,6 +288,17 @@ def remove_rt_protos(state: dict) -> bool:
         except FileNotFoundError:
             pass
         return False
+
+
+def write_wireguard_keys(state: dict) -> None:
+    """Each node's WireGuard key (``wireguard_key``), 0600, created once."""
+    from spines_kr.keys import new_wireguard_key
+
+    for n in state["nodes"]:
+        if n.get("wireguard_key"):
+            fd = os.open(n["wireguard_key"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(new_wireguard_key()[0])
 
 
 def write_key(path: Path) -> None:

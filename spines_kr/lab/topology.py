@@ -1,11 +1,18 @@
 """Lab topology file: a TOML description of overlay nodes, the links between them, and hosts.
 
 Data model (all frozen dataclasses, addresses are ``ipaddress`` objects):
-    Topology  metric, port, link_subnet, nodes, links, hosts, multipath, slot
+    Topology  metric, port, link_subnet, nodes, links, hosts, multipath, slot; and the underlay:
+              routers, underlay, underlay_subnet, tunnels
     Node      name, logical_id (/32 put on lo), prefixes, groups, lan; ``advertised`` (property)
     Link      index, a, b, subnet (a /30), a_address (.1), b_address (.2), a_ifname, b_ifname,
               latency_ms, loss_pct, bandwidth_kbps (stored; honoured by a later issue)
     Host      name, attach (a node name), address, gateway, ifname
+    Router    name: a namespace that only routes the underlay (no overlay daemon)
+    UnderlayLink  index, a, b (nodes or routers), subnet (a /30 of underlay_subnet), a_address,
+              b_address, a_ifname, b_ifname (``u-<peer>``)
+    TunnelLink    index (in [[link]] order), a, b, kind: an overlay link made by the daemons as
+              a kernel tunnel over the underlay (``tunnel = "wireguard" | "vxlan" | ...``);
+              ``endpoint(node)`` is the node's underlay address (its first underlay link's)
 
 File format::
 
@@ -28,6 +35,25 @@ File format::
     [[host]]
     name = "h1"                  # a namespace on a LAN behind n1; runs no overlay software
     attach = "n1"
+    underlay_subnet = "172.16.0.0/16"  # optional: pool of the underlay links' /30s
+    [[router]]
+    name = "r1"                  # a namespace that only routes (no daemon)
+    [[underlay]]
+    a = "n1"                     # a node or a router
+    b = "r1"
+    [[link]]
+    a = "n1"
+    b = "n2"
+    tunnel = "wireguard"         # an overlay link over the underlay: wireguard|vxlan|gre|ipip
+
+The underlay: routers and nodes joined by ``[[underlay]]`` links (veth pairs, /30s of
+``underlay_subnet``, ends named ``u-<peer>``).  Routers get a static route to every underlay
+subnet (the first hop of a shortest path, in file order); a node gets a default route via its
+first underlay link's other end, as an edge router has, so an overlay prefix can cover the
+underlay (the daemons pin their tunnels' endpoint routes: ``daemon.tunnels``).  A ``[[link]]``
+with ``tunnel`` is no veth: both nodes' daemons ask each other for a tunnel of that kind
+between their underlay addresses (each node's first underlay link's address); both nodes need
+an underlay link.  Nodes with tunnels and no other link may share no subnet at all.
 
 Hosts and LANs: a node with hosts gets a LAN, a bridge ``lan0`` in its namespace whose address
 (``Node.lan``) is the first usable address of the node's first prefix; its hosts get the next
@@ -72,6 +98,8 @@ IFNAMSIZ = 15  # longest Linux interface name (IFNAMSIZ 16 including the NUL)
 DEFAULT_PORT = 8100
 DEFAULT_METRIC = "distance"
 DEFAULT_LINK_SUBNET = IPv4Network("10.200.0.0/16")
+DEFAULT_UNDERLAY_SUBNET = IPv4Network("172.16.0.0/16")
+TUNNEL_KINDS = ("wireguard", "vxlan", "gre", "ipip")
 LOGICAL_ID_BASE = IPv4Address("10.100.0.0")
 NAME_RE = re.compile(r"[a-z0-9_-]{1,32}")
 LAN_BRIDGE = "lan0"                     # a node's LAN bridge, in its namespace
@@ -180,6 +208,38 @@ class Host:
 
 
 @dataclass(frozen=True)
+class Router:
+    name: str
+
+
+@dataclass(frozen=True)
+class UnderlayLink:
+    index: int
+    a: str
+    b: str
+    subnet: IPv4Network
+    a_address: IPv4Interface
+    b_address: IPv4Interface
+    a_ifname: str
+    b_ifname: str
+
+    def end(self, name: str) -> tuple[str, IPv4Interface, str, IPv4Interface]:
+        if name == self.a:
+            return self.a_ifname, self.a_address, self.b, self.b_address
+        if name == self.b:
+            return self.b_ifname, self.b_address, self.a, self.a_address
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class TunnelLink:
+    index: int
+    a: str
+    b: str
+    kind: str
+
+
+@dataclass(frozen=True)
 class Topology:
     metric: str
     port: int
@@ -191,6 +251,10 @@ class Topology:
     kernel_levels: tuple[int, ...] = (0, 1)  # -k levels of every daemon
     anypath: bool = False  # anycast routes to all nearest members
     slot: int = 0            # overlay slot the defaults were allocated for (0: a lab of its own)
+    routers: tuple[Router, ...] = ()
+    underlay: tuple[UnderlayLink, ...] = ()
+    underlay_subnet: IPv4Network = DEFAULT_UNDERLAY_SUBNET
+    tunnels: tuple[TunnelLink, ...] = ()
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -203,6 +267,53 @@ class Topology:
 
     def hosts_of(self, name: str) -> list[Host]:
         return [h for h in self.hosts if h.attach == name]
+
+    def underlay_of(self, name: str) -> list[UnderlayLink]:
+        return [u for u in self.underlay if name in (u.a, u.b)]
+
+    def endpoint(self, name: str) -> IPv4Address | None:
+        """A node's underlay address: its first underlay link's (None without one)."""
+        mine = self.underlay_of(name)
+        return mine[0].end(name)[1].ip if mine else None
+
+    def tunnels_of(self, name: str) -> list[TunnelLink]:
+        return [t for t in self.tunnels if name in (t.a, t.b)]
+
+    def underlay_routes(self) -> dict[str, list[tuple[str, str]]]:
+        """Static routes of the underlay: {namespace member: [(destination, gateway), ...]}.
+        A router: every underlay subnet it is not on, via the first hop of a shortest path
+        (breadth first, neighbors in link order); a node: a default route via its first
+        underlay link's other end."""
+        adj: dict[str, list[tuple[str, str]]] = {}
+        for u in self.underlay:
+            adj.setdefault(u.a, []).append((u.b, str(u.b_address.ip)))
+            adj.setdefault(u.b, []).append((u.a, str(u.a_address.ip)))
+        routers = {r.name for r in self.routers}
+        out: dict[str, list[tuple[str, str]]] = {}
+        for name in adj:
+            if name not in routers:
+                out[name] = [("default", adj[name][0][1])]
+                continue
+            first: dict[str, str] = {name: ""}
+            dist = {name: 0}
+            queue = [name]
+            while queue:
+                here = queue.pop(0)
+                for peer, gw in adj[here]:
+                    if peer not in first:
+                        first[peer] = gw if here == name else first[here]
+                        dist[peer] = dist[here] + 1
+                        queue.append(peer)
+            routes = []
+            for u in self.underlay:
+                if name in (u.a, u.b):
+                    continue
+                reach = [x for x in (u.a, u.b) if x in dist]
+                if reach:
+                    nearer = min(reach, key=lambda x: dist[x])
+                    routes.append((str(u.subnet), first[nearer]))
+            out[name] = routes
+        return out
 
 
 # -- field checks ------------------------------------------------------------------------------
@@ -284,7 +395,7 @@ def from_dict(data: dict, *, slot: int = 0) -> Topology:
     defaults of overlay ``slot``)."""
     lid_base, default_subnet, if_prefix = slot_defaults(slot)
     _table(data, "", {"metric", "port", "link_subnet", "multipath", "kernel_levels", "anypath",
-                      "node", "link", "host"})
+                      "node", "link", "host", "router", "underlay", "underlay_subnet"})
     levels = data.get("kernel_levels", [0, 1])
     if (not isinstance(levels, list) or not levels
             or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 3 for x in levels)):
@@ -359,14 +470,30 @@ def from_dict(data: dict, *, slot: int = 0) -> Topology:
     raw_links = _list(data.get("link", []), "link")
     subnets = link_subnet.subnets(new_prefix=30)
     ends: list[tuple] = []
+    tunnel_links: list[TunnelLink] = []
     for i, raw in enumerate(raw_links):
         f = f"link[{i}]"
-        _table(raw, f, {"a", "b", "latency_ms", "loss_pct", "bandwidth_kbps"}, ("a", "b"))
+        _table(raw, f, {"a", "b", "latency_ms", "loss_pct", "bandwidth_kbps", "tunnel"},
+               ("a", "b"))
         for side in ("a", "b"):
             if not isinstance(raw[side], str) or raw[side] not in names:
                 raise TopologyError(f"{f}.{side}: unknown node {raw[side]!r}")
         if raw["a"] == raw["b"]:
             raise TopologyError(f"{f}.b: a link needs two different nodes, got {raw['b']!r} twice")
+        if "tunnel" in raw:
+            if raw["tunnel"] not in TUNNEL_KINDS:
+                raise TopologyError(f"{f}.tunnel: {raw['tunnel']!r} is not one of "
+                                    f"{'|'.join(TUNNEL_KINDS)}")
+            extra = set(raw) - {"a", "b", "tunnel"}
+            if extra:
+                raise TopologyError(f"{f}.{sorted(extra)[0]}: not for a tunnel (link emulation "
+                                    f"applies to veth links)")
+            for t in tunnel_links:
+                if {t.a, t.b} == {raw["a"], raw["b"]}:
+                    raise TopologyError(f"{f}: a second tunnel between {raw['a']} and "
+                                        f"{raw['b']} (one tunnel per pair of nodes)")
+            tunnel_links.append(TunnelLink(i, raw["a"], raw["b"], raw["tunnel"]))
+            continue
         subnet = next(subnets, None)
         if subnet is None:
             raise TopologyError(f"{f}: link_subnet {link_subnet} has no /30 left")
@@ -431,8 +558,81 @@ def from_dict(data: dict, *, slot: int = 0) -> Topology:
     order = {h[1]: k for k, h in enumerate(raw_hosts)}
     hosts = sorted((h for hs in hosts_by_node.values() for h in hs), key=lambda h: order[h.name])
 
+    routers, underlay, underlay_subnet = _underlay(data, names, link_subnet, taken, lids, slot)
+    node_names = {p[0] for p in parsed}
+    with_underlay = {x for u in underlay for x in (u.a, u.b)}
+    for t in tunnel_links:
+        for side in (t.a, t.b):
+            if side not in with_underlay:
+                raise TopologyError(f"link[{t.index}].tunnel: node {side!r} has no [[underlay]] "
+                                    f"link (a tunnel runs between underlay addresses)")
+    for r in routers:
+        if r.name in node_names:
+            raise TopologyError(f"router {r.name!r}: also a node")
     return Topology(metric, port, link_subnet, tuple(nodes), links, tuple(hosts), multipath,
-                    kernel_levels=tuple(sorted(set(levels))), anypath=anypath, slot=slot)
+                    kernel_levels=tuple(sorted(set(levels))), anypath=anypath, slot=slot,
+                    routers=routers, underlay=underlay, underlay_subnet=underlay_subnet,
+                    tunnels=tuple(tunnel_links))
+
+
+def _underlay(data: dict, names: dict[str, str], link_subnet: IPv4Network,
+              taken: list[tuple[IPv4Network, str]], lids: list[IPv4Address], slot: int
+              ) -> tuple[tuple[Router, ...], tuple[UnderlayLink, ...], IPv4Network]:
+    """Routers, underlay links (addresses and names) and the underlay subnet of ``data``."""
+    underlay_subnet = _network(data.get("underlay_subnet", str(DEFAULT_UNDERLAY_SUBNET)),
+                               "underlay_subnet")
+    raw_routers = _list(data.get("router", []), "router")
+    raw_underlay = _list(data.get("underlay", []), "underlay")
+    if slot and (raw_routers or raw_underlay):
+        raise TopologyError("router: a topology joined to another lab's namespaces cannot have "
+                            "an underlay (it belongs to the lab that made the namespaces)")
+    if not raw_underlay and not raw_routers:
+        return (), (), underlay_subnet
+    if underlay_subnet.prefixlen > 30:
+        raise TopologyError(f"underlay_subnet: {underlay_subnet} is smaller than one /30")
+    if underlay_subnet.overlaps(link_subnet):
+        raise TopologyError(f"underlay_subnet: {underlay_subnet} overlaps link_subnet "
+                            f"{link_subnet}")
+    # Prefixes may cover the underlay (the daemons pin their tunnels' endpoint routes); the
+    # LANs picked for hosts come from 10.210.0.0/16 and up, clear of the default underlay.
+    for lid in lids:
+        if lid in underlay_subnet:
+            raise TopologyError(f"underlay_subnet: {underlay_subnet} contains the logical ID "
+                                f"{lid}")
+    routers = []
+    for i, raw in enumerate(raw_routers):
+        f = f"router[{i}]"
+        _table(raw, f, {"name"}, ("name",))
+        name = _name(raw["name"], f"{f}.name")
+        if name in names:
+            raise TopologyError(f"{f}.name: duplicate name {name!r} (also {names[name]})")
+        names[name] = f
+        routers.append(Router(name))
+    members = {n for n, w in names.items() if w.startswith(("node[", "router["))}
+    subnets = underlay_subnet.subnets(new_prefix=30)
+    ends = []
+    for i, raw in enumerate(raw_underlay):
+        f = f"underlay[{i}]"
+        _table(raw, f, {"a", "b"}, ("a", "b"))
+        for side in ("a", "b"):
+            if not isinstance(raw[side], str) or raw[side] not in members:
+                raise TopologyError(f"{f}.{side}: unknown node or router {raw[side]!r}")
+        if raw["a"] == raw["b"]:
+            raise TopologyError(f"{f}.b: an underlay link needs two different ends")
+        subnet = next(subnets, None)
+        if subnet is None:
+            raise TopologyError(f"{f}: underlay_subnet {underlay_subnet} has no /30 left")
+        hosts = list(subnet.hosts())
+        ends.append((raw["a"], raw["b"], subnet, IPv4Interface(f"{hosts[0]}/30"),
+                     IPv4Interface(f"{hosts[1]}/30")))
+    ifn: dict[tuple[int, str], str] = {}
+    for name in members:
+        mine = [(i, b if a == name else a) for i, (a, b, *_r) in enumerate(ends) if name in (a, b)]
+        for (i, _peer), ifname in zip(mine, _ifnames([p for _i, p in mine], "u-")):
+            ifn[(i, name)] = ifname
+    underlay = tuple(UnderlayLink(i, a, b, subnet, aa, ba, ifn[(i, a)], ifn[(i, b)])
+                     for i, (a, b, subnet, aa, ba) in enumerate(ends))
+    return tuple(routers), underlay, underlay_subnet
 
 
 def _nth(net: IPv4Network, k: int) -> IPv4Interface:
