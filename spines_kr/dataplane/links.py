@@ -247,7 +247,7 @@ class Links:
                 if ack is not None:
                     self._send(ch, ack)
             else:
-                records, nack = ch.rt_rx.on_frame(msg, now)
+                records, nack = ch.rt_rx.on_frame(msg, now, self._retry_after(ch))
                 if records:
                     self.deliver(records, now)
                 if nack is not None:
@@ -263,10 +263,18 @@ class Links:
 
     # --- the deadline -----------------------------------------------------------------------
 
+    def _retry_after(self, ch: _Channel) -> float:
+        """When a soft-real-time frame asked for is asked for again: the link's round trip
+        and a half (the hellos measure it), at least 5 ms."""
+        link = self.engine.links.get(ch.key)
+        rtt = (link.srtt_ms or 20.0) / 1000 if link is not None else 0.02
+        return max(0.005, 1.5 * rtt + 0.002)
+
     def _arm(self, now: float) -> None:
         t = INF
         for ch in self.channels.values():
-            t = min(t, ch.rel_tx.next_deadline(now), ch.rel_rx.next_deadline())
+            t = min(t, ch.rel_tx.next_deadline(now), ch.rel_rx.next_deadline(),
+                    ch.rt_rx.next_deadline())
         self._deadline.set(t)
 
     def _on_timer(self) -> None:
@@ -277,6 +285,9 @@ class Links:
             ch.rel_tx.on_timer(now)
             self._pump(ch, now)
             ch.rt_tx.prune(now)
+            nack = ch.rt_rx.poll(now, self._retry_after(ch))
+            if nack is not None:
+                self._send(ch, nack)
         self._recount()
         self._arm(now)
 

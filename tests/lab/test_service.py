@@ -76,6 +76,7 @@ def test_reload_changes_neighbors_without_dropping_unrelated_routes(tmp_path):
                                  "spines_kr", "daemon", "-c", str(cfg), "--control-socket", ctl,
                                  "-lf", str(tmp_path / "log"), "-ud", str(tmp_path / "ipc")],
                                 env=netns.child_env())
+        n1["control_socket"] = ctl  # convergence asks every daemon, this one at its new socket
         assert ops.wait(lambda: ops.converged(st), 15) is not None
         n2 = next(n for n in st["nodes"] if n["name"] == "n2")["logical_id"] + "/32"
         before = ops.kernel_routes(n1["netns"])[n2]
@@ -137,6 +138,7 @@ def test_prometheus_endpoint_serves_the_status_counters(tmp_path):
         argv = [a if a != n1["control_socket"] else str(tmp_path / "ctl") for a in argv]
         proc = subprocess.Popen(["ip", "netns", "exec", n1["netns"], *argv,
                                  "--metrics-listen", "127.0.0.1:9181"], env=netns.child_env())
+        n1["control_socket"] = str(tmp_path / "ctl")
         assert ops.wait(lambda: ops.converged(st), 15) is not None
         script = ("import urllib.request;print(urllib.request.urlopen("
                   "'http://127.0.0.1:9181/metrics', timeout=5).read().decode())")
