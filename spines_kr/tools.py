@@ -11,6 +11,11 @@
     spines-kr flood recv PORT                 ... counted, with loss, rate and latency
                                               (sp_uflooder's messages)
 
+The link protocol (``--link``, send/recv/ping/flood): ``udp`` (best effort, the default), ``reliable``
+(Spines' RELIABLE_LINKS: every hop recovers its losses, in order) or ``realtime``
+(SOFT_REALTIME_LINKS: losses recovered while they can still arrive in time); it is the session's,
+as libspines' ``spines_socket`` protocol argument, and applies to what that session sends.
+
 The daemon: ``--ipc PATH``; or ``--host HOST`` (TCP, its session ports: overlay port + 7 and + 9)
 with ``--port`` (default $SPINES_KR_PORT, else 8100); or ``--port P`` alone: IPC at
 /tmp/spines<P> (Spines' sample programs' ``-p``); else $SPINES_KR_IPC (``lab exec`` sets it to
@@ -69,7 +74,15 @@ def add_tool_parsers(sub) -> None:
 # --- shared -------------------------------------------------------------------------------------
 
 
-def _daemon_flags(p) -> None:
+LINKS = {"udp": 0x0, "reliable": 0x1, "realtime": 0x2}  # client.UDP_LINKS, ...
+
+
+def _daemon_flags(p, link: bool = True) -> None:
+    if link:
+        p.add_argument("--link", choices=tuple(LINKS), default="udp",
+                       help="link protocol of what this session sends: udp (best effort, "
+                            "default), reliable (hop-by-hop recovery, in order), realtime "
+                            "(soft real time: recovered while still in time)")
     g = p.add_argument_group("the daemon (default: $SPINES_KR_IPC, else /tmp/spines8100)")
     g.add_argument("--ipc", metavar="PATH", help="the daemon's IPC path (its -ud)")
     g.add_argument("--host", help="reach the daemon over TCP at HOST")
@@ -125,6 +138,7 @@ def _open(args, protocol: int = 0):
     from spines_kr import client
 
     where = daemon_address(args)
+    protocol |= LINKS[getattr(args, "link", None) or "udp"]
     try:
         return client.socket(where, protocol, timeout=10.0), None
     except client.SpinesError as e:
@@ -500,7 +514,7 @@ def _traceroute_parser(sub) -> None:
     mode.add_argument("--edistance", action="store_true",
                       help="DEST is a group: for each node, the hops to its farthest member")
     p.add_argument("--json", action="store_true", help="print JSON")
-    _daemon_flags(p)
+    _daemon_flags(p, link=False)
     p.set_defaults(func=cmd_traceroute)
 
 

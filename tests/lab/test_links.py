@@ -11,8 +11,11 @@ latency (a loaded 2-core machine); every wait is a condition with a generous tim
 
 from __future__ import annotations
 
+import json
 import os
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -157,6 +160,31 @@ def test_soft_real_time_loses_far_fewer_than_best_effort(line):
     best_effort, realtime = delivered[client.UDP_LINKS], delivered[client.SOFT_REALTIME_LINKS]
     # 5 % on each of 3 hops: best effort about 86 %; real time recovers most of the rest
     assert best_effort < 0.95 and realtime > 0.97 and realtime > best_effort + 0.05, delivered
+
+
+def test_the_flood_tool_takes_the_link_protocol(line):
+    """``spines-kr flood send|recv --link reliable`` across the three lossy hops: all of it."""
+    recv = subprocess.Popen([sys.executable, "-m", "spines_kr", "flood", "recv", "--link",
+                             "reliable", "--ipc", ipc(line, "d"), "9305", "--json", "-t", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=netns.child_env())
+    try:
+        assert "receiving on" in recv.stderr.readline()
+        sent = subprocess.run([sys.executable, "-m", "spines_kr", "flood", "send", "--link",
+                               "reliable", "--ipc", ipc(line, "a"), node(line, "d")["logical_id"],
+                               "9305", "-n", "2000", "-s", "500", "--json"],
+                              capture_output=True, text=True, timeout=120, env=netns.child_env())
+        assert sent.returncode == 0, sent.stderr
+        out, err = recv.communicate(timeout=120)
+        got = json.loads(out)
+        assert got["ended"] and got["received"] == got["expected"] == 2000, (got, err)
+    finally:
+        recv.kill()
+        recv.wait(10)
+    bad = subprocess.run([sys.executable, "-m", "spines_kr", "flood", "send", "--link", "tcp",
+                          "10.100.0.4", "9305"], capture_output=True, text=True,
+                         env=netns.child_env())
+    assert bad.returncode == 2 and "--link" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_a_link_that_fails_in_the_middle_of_a_reliable_transfer_loses_nothing():
