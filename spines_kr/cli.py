@@ -381,9 +381,10 @@ def cmd_keygen(args) -> int:
     return 0
 
 
-def build_parser(with_lab: bool = True) -> Parser:
+def build_parser(with_lab: bool = True, with_vagrant: bool = True) -> Parser:
     """The whole command line; ``with_lab=False`` leaves the lab package unloaded (the daemon,
-    ``show`` and the rest start faster and smaller) with a stand-in ``lab`` entry."""
+    ``show`` and the rest start faster and smaller) with a stand-in ``lab`` entry; the same for
+    ``with_vagrant`` and the Vagrant lab (``spines_kr.vagrantlab``)."""
     parser = Parser(prog="spines-kr", description="Kernel-routing overlay manager.")
     parser.add_argument("--version", action="version", version=f"spines-kr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -403,6 +404,13 @@ def build_parser(with_lab: bool = True) -> Parser:
         add_lab_parser(sub)
     else:
         sub.add_parser("lab", help="namespace lab on this machine (spines-kr lab --help)")
+    if with_vagrant:
+        from spines_kr.vagrantlab.cli import add_vagrant_parser
+
+        add_vagrant_parser(sub)
+    else:
+        sub.add_parser("vagrant", help="Vagrant multi-VM lab on this machine, inside its own "
+                                       "namespace (spines-kr vagrant --help)")
     return parser
 
 
@@ -414,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
 
         setup("warning")  # library logs (probes, the lab) stay quiet unless something is wrong
     try:
-        args = build_parser(with_lab=bool(words) and words[0] == "lab").parse_args(argv)
+        args = build_parser(with_lab=bool(words) and words[0] == "lab",
+                            with_vagrant=bool(words) and words[0] == "vagrant").parse_args(argv)
         return args.func(args)
     except UsageError as e:
         print(f"spines-kr: error: {str(e).removeprefix('spines-kr: ')}", file=sys.stderr)

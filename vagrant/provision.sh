@@ -8,6 +8,9 @@
 #   SPINES_KR_IFACES  "MAC=IFNAME ..." the lab's NICs and the names they get (to-<peer>, lan0)
 #   SPINES_KR_UNIT    the daemon's unit instance (spines-kr@overlay) on a node
 #   SPINES_KR_SRC     the repository synced into the VM (/srv/spines-kr)
+#   SPINES_KR_WHEELS  optional: a directory of wheels of spines-kr's dependencies (and setuptools,
+#                     wheel); pip then installs from it and the source only, with no index (the
+#                     lab of `spines-kr vagrant up`, whose VMs reach no network)
 set -euo pipefail
 
 role=${SPINES_KR_ROLE:?SPINES_KR_ROLE is not set}
@@ -55,8 +58,14 @@ fi
 # 3. spines-kr in a virtual environment, the iproute2 name of its route protocol, the unit.
 install -D -m 644 "$src/systemd/iproute2/rt_protos.d/spines.conf" /etc/iproute2/rt_protos.d/spines.conf
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q --disable-pip-version-check "$src"                          # + dependencies
-"$venv/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall "$src"  # this source
+pip=("$venv/bin/pip" install -q --disable-pip-version-check --no-cache-dir)
+if [ -n "${SPINES_KR_WHEELS:-}" ]; then
+    pip+=(--no-index --find-links "$SPINES_KR_WHEELS")
+    "${pip[@]}" 'setuptools>=61' wheel                          # to build the source offline
+    pip+=(--no-build-isolation)
+fi
+"${pip[@]}" "$src"                                             # + dependencies
+"${pip[@]}" --no-deps --force-reinstall "$src"                 # this source
 ln -sf "$venv/bin/spines-kr" /usr/local/bin/spines-kr     # where the unit (and PATH) look for it
 unit_file="$src/systemd/spines-kr@.service"
 if [ ! -f "$unit_file" ]; then

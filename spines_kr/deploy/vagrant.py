@@ -45,7 +45,8 @@ What a node VM gets (``files``), the namespace lab's choices carried over:
                                       link addresses), neighbors (the peers' link addresses),
                                       prefixes (``Node.advertised``), kernel_levels (the
                                       topology's, else [0]), multipath, groups, anypath,
-                                      accept_link_commands = true
+                                      accept_link_commands = true, keep_routes = true (a
+                                      ``systemctl restart`` keeps forwarding)
     /etc/systemd/network/10-spines-kr-<ifname>.link/.network   NIC name and address
     /etc/systemd/system/spines-kr-logical-id.service           oneshot: logical ID /32 on lo
     /etc/sysctl.d/60-spines-kr.conf   ip_forward=1, rp_filter=0, multipath hash by ports
@@ -134,6 +135,7 @@ def node_config(topology: Topology, name: str) -> dict:
         "kernel_levels": list(getattr(topology, "kernel_levels", KERNEL_LEVELS)),
         "multipath": topology.multipath,
         "accept_link_commands": True,
+        "keep_routes": True,          # `systemctl restart` keeps forwarding (graceful restart)
         "key_file": KEY_PATH,
     }
     if node.groups and "groups" in CONFIG_FIELDS:

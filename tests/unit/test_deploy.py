@@ -162,7 +162,7 @@ def test_ring_plan(tmp_path):
         "local_addresses": ["10.200.0.1", "10.200.0.18"],
         "neighbors": ["10.200.0.2", "10.200.0.17"], "prefixes": [],
         "kernel_levels": list(getattr(topo, "kernel_levels", (0,))),
-        "multipath": True, "accept_link_commands": True,
+        "multipath": True, "accept_link_commands": True, "keep_routes": True,
         "key_file": "/etc/spines-kr/overlay.key"}
     # no emulation in the ring: no setlink script, no ExecStartPost
     assert "/etc/spines-kr/link-emulation.sh" not in files(n1)
