@@ -3,6 +3,9 @@
     spines-kr send DEST PORT [MESSAGE...]     one message (or one per stdin line) to a node's
                                               logical ID or a group, and a virtual port
     spines-kr recv PORT [--group G]...        print what arrives on a virtual port / groups
+    spines-kr send --stream DEST PORT [MSG]   a reliable stream: MESSAGE, or stdin as it is,
+                                              then an orderly close
+    spines-kr recv --stream PORT              accept one stream on PORT, its bytes to stdout
     spines-kr ping DEST                       round trips through the overlay (sp_ping's)
     spines-kr ping --echo                     answer pings (sp_ping without -s)
     spines-kr traceroute DEST                 the overlay path with hops and costs
@@ -15,6 +18,8 @@ The link protocol (``--link``, send/recv/ping/flood): ``udp`` (best effort, the 
 (Spines' RELIABLE_LINKS: every hop recovers its losses, in order) or ``realtime``
 (SOFT_REALTIME_LINKS: losses recovered while they can still arrive in time); it is the session's,
 as libspines' ``spines_socket`` protocol argument, and applies to what that session sends.
+A stream (``--stream``: Spines' RELIABLE_STREAM_SESSION, end-to-end acknowledged, flow
+controlled, ordered) runs over ``reliable`` links unless ``--link`` says otherwise.
 
 The daemon: ``--ipc PATH``; or ``--host HOST`` (TCP, its session ports: overlay port + 7 and + 9)
 with ``--port`` (default $SPINES_KR_PORT, else 8100); or ``--port P`` alone: IPC at
@@ -79,10 +84,11 @@ LINKS = {"udp": 0x0, "reliable": 0x1, "realtime": 0x2}  # client.UDP_LINKS, ...
 
 def _daemon_flags(p, link: bool = True) -> None:
     if link:
-        p.add_argument("--link", choices=tuple(LINKS), default="udp",
+        p.add_argument("--link", choices=tuple(LINKS), default=None,
                        help="link protocol of what this session sends: udp (best effort, "
-                            "default), reliable (hop-by-hop recovery, in order), realtime "
-                            "(soft real time: recovered while still in time)")
+                            "default), reliable (hop-by-hop recovery, in order; the default "
+                            "of --stream), realtime (soft real time: recovered while still "
+                            "in time)")
     g = p.add_argument_group("the daemon (default: $SPINES_KR_IPC, else /tmp/spines8100)")
     g.add_argument("--ipc", metavar="PATH", help="the daemon's IPC path (its -ud)")
     g.add_argument("--host", help="reach the daemon over TCP at HOST")
@@ -213,8 +219,74 @@ def _send_parser(sub) -> None:
     p.add_argument("--bind", type=int, metavar="PORT", help="send from this virtual port")
     p.add_argument("--end", action="store_true",
                    help="then send an empty message (Spines' sample programs' end of stream)")
+    p.add_argument("--stream", action="store_true",
+                   help="connect a reliable stream to DEST:PORT (a stream listener there) and "
+                        "send MESSAGE, --size bytes or stdin as it is, then close in order")
     _daemon_flags(p)
     p.set_defaults(func=cmd_send)
+
+
+def _stream_open(args):
+    """(a stream session, None), or (None, exit code) after one line of error."""
+    from spines_kr import client
+
+    where = daemon_address(args)
+    try:
+        return client.stream_socket(where, LINKS[args.link or "reliable"], timeout=10.0), None
+    except client.SpinesError as e:
+        return None, _fail(e.strerror or str(e))
+
+
+def _stream_error(e: OSError, what: str) -> int:
+    if isinstance(e, ConnectionRefusedError):
+        return _fail(f"{what}: connection refused (nobody listens there)")
+    if isinstance(e, ConnectionResetError):
+        return _fail(f"{what}: the stream was reset by the other end")
+    if isinstance(e, TimeoutError):
+        return _fail(f"{what}: no answer in time")
+    return _fail(f"{what}: {e.strerror or e}")
+
+
+def _send_stream(args, dest: int, port: int) -> int:
+    from spines_kr import client
+
+    if client.is_group(dest):
+        _usage(f"DEST {client.ip(dest)}: a stream connects to a node, not a group")
+    if args.end or args.ttl is not None or args.count != 1:
+        _usage("--stream: --end, --ttl and --count do not apply to a stream")
+    s, code = _stream_open(args)
+    if s is None:
+        return code
+    what = f"stream to {client.ip(dest)}:{port}"
+    total = 0
+    with s:
+        try:
+            if args.bind:
+                s.bind(args.bind)
+            s.connect((dest, port))
+            if args.size is not None:
+                left = args.size
+                while left:
+                    n = min(left, 1 << 20)
+                    s.sendall(bytes(n))
+                    left -= n
+                total = args.size
+            elif args.message:
+                data = " ".join(args.message).encode()
+                s.sendall(data)
+                total = len(data)
+            else:
+                while chunk := sys.stdin.buffer.read1(1 << 20):
+                    s.sendall(chunk)
+                    total += len(chunk)
+            s.shutdown()
+            while s.recv(65536):  # the other end's close: everything arrived
+                pass
+        except OSError as e:
+            return _stream_error(e, what)
+        src, sport = s.getsockname()
+    print(f"sent {total} bytes over a stream to {client.ip(dest)}:{port} from {src}:{sport}")
+    return 0
 
 
 def cmd_send(args) -> int:
@@ -222,6 +294,10 @@ def cmd_send(args) -> int:
 
     dest = _address(args.dest, "DEST")
     port = _port(args.dest_port, "PORT")
+    if args.stream:
+        if args.size is not None and args.size < 0:
+            _usage(f"--size {args.size}: at least 0")
+        return _send_stream(args, dest, port)
     if args.count < 0:
         _usage(f"--count {args.count}: at least 0")
     if args.ttl is not None and not 0 <= args.ttl <= 255:
@@ -282,14 +358,66 @@ def _recv_parser(sub) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object per message")
     out.add_argument("--raw", action="store_true", help="write the payloads only, as they are")
+    p.add_argument("--stream", action="store_true",
+                   help="listen for a reliable stream on PORT, accept one and write its bytes "
+                        "to stdout until the other end closes (--timeout: for the connection)")
     _daemon_flags(p)
     p.set_defaults(func=cmd_recv)
+
+
+def _recv_stream(args, port: int) -> int:
+    from spines_kr import client
+
+    if args.group or args.count is not None or args.until_empty or args.json:
+        _usage("--stream: --group, --count, --until-empty and --json do not apply to a stream")
+    if not port:
+        _usage("--stream: a listener needs a virtual port (not 0)")
+    s, code = _stream_open(args)
+    if s is None:
+        return code
+    total = 0
+    with s:
+        try:
+            s.bind(port)
+            s.listen()
+        except client.SpinesError as e:
+            return _fail(e.strerror or str(e))
+        node, bound = s.getsockname()
+        print(f"listening for a stream on {node}:{bound}", file=sys.stderr, flush=True)
+        s.settimeout(args.timeout)
+        try:
+            conn, (peer, pport) = s.accept()
+        except TimeoutError:
+            return _fail(f"no connection within {args.timeout:g} s")
+        except OSError as e:
+            return _stream_error(e, "accept")
+        what = f"stream from {peer}:{pport}"
+        print(f"connection from {peer}:{pport}", file=sys.stderr, flush=True)
+        with conn:
+            conn.settimeout(None)
+            try:
+                while data := conn.recv(1 << 20):
+                    total += len(data)
+                    sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            except BrokenPipeError:
+                _quiet_stdout()
+                conn.abort()
+                return 0
+            except OSError as e:
+                return _stream_error(e, what)
+    print(f"received {total} bytes from {peer}:{pport}", file=sys.stderr)
+    return 0
 
 
 def cmd_recv(args) -> int:
     from spines_kr import client
 
     port = _port(args.vport, "PORT", zero=True)
+    if args.stream:
+        if args.timeout is not None and args.timeout <= 0:
+            _usage(f"--timeout {args.timeout}: more than 0")
+        return _recv_stream(args, port)
     for g in args.group or ():
         if not client.is_group(_address(g, "--group")):
             _usage(f"--group {g}: not a multicast (224.0.0.0/4) or anycast (240.0.0.0/4) group")

@@ -26,8 +26,20 @@ round trip on the control channel), so such a refusal surfaces at the call that 
 
 Daemon address (``daemon``): None -> /tmp/spines8100 (IPC); a path -> IPC at that path (data at
 path + "data"); an int P -> IPC at /tmp/spines<P>; (host, P) -> TCP, data at P+7 and control at
-P+9 (Spines' session ports).  UDP_CONNECT and SOCK_STREAM sessions are not offered (libspines 5.7
-cannot use them on 64-bit Linux; spines-kr does not serve them).
+P+9 (Spines' session ports).  UDP_CONNECT sessions are not offered (libspines 5.7 cannot use
+them on 64-bit Linux; spines-kr does not serve them).
+
+Reliable streams (Spines' RELIABLE_STREAM_SESSION, ``SOCK_STREAM``): ``StreamSocket`` (made by
+``stream_socket()``) is one session used the libspines way (CONNECT, LISTEN, ACCEPT, data
+frames with their ``rel_udp_pkt_add``, raw bytes back after a 16-byte hello), with socket
+semantics: ``connect`` waits for the other end's accept, ``listen``/``accept`` (a new session
+per connection, as ``spines_accept``), ``send``/``sendall``/``recv`` (``b""`` at the peer's
+orderly end), ``shutdown(SHUT_WR)`` (half-close: the peer reads EOF, this end still reads),
+``close`` (orderly: everything sent arrives, then EOF), ``abort`` (an RST: the peer's
+``recv`` raises ``ConnectionResetError``).  A refused connect raises
+``ConnectionRefusedError``, a peer that stopped answering ``TimeoutError`` (from the
+daemon's stream-end notice on the control channel, a spines-kr extension).  Streams run over
+RELIABLE_LINKS by default (hop-by-hop recovery under the end-to-end one).
 
 Constants: Spines' names and values (libspines/spines_lib.h, 5.7).  ``SPINES_ADD_MEMBERSHIP``
 and friends are the kernel's IP_* option numbers, as in Spines; the unprefixed names
@@ -63,6 +75,7 @@ RELIABLE_DGRAM_SESSION_WITH_BACKPRESSURE = 0x2000
 
 AF_SPINES = PF_SPINES = _socket.AF_INET
 SOCK_DGRAM = _socket.SOCK_DGRAM
+SOCK_STREAM = _socket.SOCK_STREAM
 
 # options of spines_setsockopt
 SPINES_ADD_MEMBERSHIP = ADD_MEMBERSHIP = _socket.IP_ADD_MEMBERSHIP
@@ -219,6 +232,7 @@ class SpinesSocket:
                  timeout: float | None = DEFAULT_TIMEOUT) -> None:
         family, ctrl_addr, data_addr, self.daemon = endpoints(daemon)
         links = links_frame(protocol)
+        self.daemon_address = daemon
         self.protocol = protocol
         self._routing = (protocol >> ROUTING_BITS_SHIFT) & 0xF
         self._ttl = self._mcast_ttl = SPINES_TTL_MAX
@@ -512,6 +526,199 @@ class SpinesSocket:
     def __repr__(self) -> str:
         return (f"<SpinesSocket {ip(getattr(self, 'node', 0))}:{getattr(self, 'port', 0)} "
                 f"session {getattr(self, 'session_id', '?')} via {self.daemon}>")
+
+
+def stream_error(code: int | None, what: str, default: int | None = None) -> OSError | None:
+    """The error of a stream's end from the daemon's notice (None: it closed the session
+    without one); None for an orderly end."""
+    if code == wire.STREAM_CLOSED:
+        return None
+    if code == wire.STREAM_REFUSED or (code is None and default == errno.ECONNREFUSED):
+        return ConnectionRefusedError(errno.ECONNREFUSED, f"{what}: connection refused "
+                                                          f"(nobody listens there)")
+    if code == wire.STREAM_TIMEOUT:
+        return TimeoutError(errno.ETIMEDOUT, f"{what}: the other end stopped answering")
+    return ConnectionResetError(errno.ECONNRESET, f"{what}: the stream was reset" + (
+        " by the other end" if code in (wire.STREAM_RESET, wire.STREAM_ABORTED) else
+        " (the daemon closed the session: see its log)"))
+
+
+class StreamSocket:
+    """A reliable stream (``spines_socket(PF_SPINES, SOCK_STREAM, protocol, daemon)``)."""
+
+    def __init__(self, daemon=None, protocol: int = RELIABLE_LINKS, *,
+                 timeout: float | None = DEFAULT_TIMEOUT, _session: SpinesSocket | None = None):
+        if protocol & 0xF000:
+            raise ValueError("a stream is a RELIABLE_STREAM_SESSION (session bits 0)")
+        self._s = _session or SpinesSocket(daemon, protocol, timeout=timeout)
+        self.peer: tuple[str, int] | None = None
+        self.listening = False
+        self._eof = False
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _hello(self, what: str) -> None:
+        """The 16-byte hello that opens a connected stream; an error for a refused one."""
+        buf = b""
+        try:
+            while len(buf) < wire.STREAM_HELLO_LEN:
+                chunk = self._s._data.recv(wire.STREAM_HELLO_LEN - len(buf))
+                if not chunk:
+                    self._raise_end(what, errno.ECONNREFUSED)
+                buf += chunk
+        except TimeoutError:
+            raise TimeoutError(errno.ETIMEDOUT, f"{what}: no answer in time") from None
+        except (ConnectionResetError, BrokenPipeError):
+            self._raise_end(what, errno.ECONNREFUSED)
+
+    def _end_code(self) -> int | None:
+        """How the daemon says the stream ended (its notice on the control channel, written
+        just before the data channel's EOF); None when it closed the session without one."""
+        ctrl = self._s._ctrl
+        if ctrl is None:
+            return None
+        try:
+            header, body = self._s._read_frame(ctrl, "the stream's end")
+            return wire.stream_end_code(header, body, self._s._order)
+        except (OSError, wire.DecodeError):
+            return None
+
+    def _raise_end(self, what: str, default: int | None = None):
+        """At the data channel's EOF: nothing for an orderly end, else the error."""
+        e = stream_error(self._end_code(), what, default)
+        if e is not None:
+            raise e
+
+    # --- the socket API -----------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        return self._s.fileno()
+
+    def getsockname(self) -> tuple[str, int]:
+        return self._s.getsockname()
+
+    def getpeername(self) -> tuple[str, int]:
+        if self.peer is None:
+            raise OSError(errno.ENOTCONN, "not connected")
+        return self.peer
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._s.settimeout(timeout)
+
+    def gettimeout(self) -> float | None:
+        return self._s.gettimeout()
+
+    def setblocking(self, flag: bool) -> None:
+        self._s.setblocking(flag)
+
+    def bind(self, addr) -> None:
+        self._s.bind(addr)
+
+    def connect(self, addr) -> None:
+        """Connect to (node, port) where a stream listens; returns once it accepted."""
+        dest, port = destination(addr)
+        if is_group(dest):
+            raise ValueError("a stream connects to a node, not a group")
+        self._s._send(wire.Connect(dest, port).encode(wire.NATIVE), "connect")
+        what = f"connect to {ip(dest)}:{port}"
+        self._hello(what)
+        self.peer = (ip(dest), port)
+
+    def listen(self, backlog: int = 0) -> None:
+        """Take connections on this session's virtual port (``bind`` it first)."""
+        self._s._send(wire.Listen().encode(wire.NATIVE), "listen")
+        self._s._confirmed(f"listen on virtual port {self._s.port} (in use?)",
+                           errno.EADDRINUSE)
+        self.listening = True
+
+    def accept(self) -> tuple[StreamSocket, tuple[str, int]]:
+        """The next connection: (a new stream on a session of its own, (peer node, port))."""
+        if not self.listening:
+            raise OSError(errno.EINVAL, "accept: not listening")
+        m = self._s.recv_message()
+        session = SpinesSocket(self._s.daemon_address, self._s.protocol,
+                               timeout=self._s.gettimeout())
+        conn = StreamSocket(_session=session)
+        try:
+            session._send(wire.Accept(m.source, m.source_port, m.payload).encode(wire.NATIVE),
+                          "accept")
+            conn._hello(f"accept from {ip(m.source)}:{m.source_port}")
+        except BaseException:
+            conn.close()
+            raise
+        conn.peer = (ip(m.source), m.source_port)
+        return conn, conn.peer
+
+    def send(self, data) -> int:
+        """Send up to 50,000 bytes of ``data`` (blocks while the stream's buffers are full);
+        how many."""
+        data = memoryview(bytes(data) if not isinstance(data, (bytes, bytearray)) else data)
+        chunk = bytes(data[:MAX_SPINES_CLIENT_MSG])
+        self._sendframe(chunk)
+        return len(chunk)
+
+    def sendall(self, data) -> None:
+        data = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+        frames = [wire.stream_data(bytes(data[i:i + MAX_SPINES_CLIENT_MSG]))
+                  for i in range(0, len(data), MAX_SPINES_CLIENT_MSG)]
+        for i in range(0, len(frames), 32):
+            self._sendraw(b"".join(frames[i:i + 32]))
+
+    def _sendframe(self, chunk: bytes) -> None:
+        self._sendraw(wire.stream_data(chunk))
+
+    def _sendraw(self, data: bytes) -> None:
+        try:
+            self._s._data.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self._raise_end("send", errno.ECONNRESET)
+            raise BrokenPipeError(errno.EPIPE, "send: the stream is closed") from None
+
+    def recv(self, bufsize: int = 65536) -> bytes:
+        """Up to ``bufsize`` bytes; ``b""`` once the other end closed in order.  A reset, a
+        refusal or a dead peer raise (``ConnectionResetError``, ``TimeoutError``)."""
+        if self._eof:
+            return b""
+        try:
+            data = self._s._data.recv(bufsize)
+        except ConnectionResetError:
+            self._raise_end("recv", errno.ECONNRESET)
+            raise
+        if not data:
+            self._raise_end("recv")
+            self._eof = True
+        return data
+
+    def shutdown(self, how: int = _socket.SHUT_WR) -> None:
+        """SHUT_WR: the end of what this end sends (the peer reads EOF); still receives."""
+        self._s._data.shutdown(how)
+
+    def close(self) -> None:
+        """Orderly: what was sent arrives, then the peer reads EOF."""
+        self._s.close()
+
+    def abort(self) -> None:
+        """Reset the stream: the peer's next ``recv`` raises ``ConnectionResetError``."""
+        try:
+            self._s._data.sendall(wire.Abort().encode(wire.NATIVE))
+        except OSError:
+            pass
+        self._s.close()
+
+    def __enter__(self) -> StreamSocket:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<StreamSocket {self.getsockname()} peer {self.peer} via {self._s.daemon}>"
+
+
+def stream_socket(daemon=None, protocol: int = RELIABLE_LINKS, *,
+                  timeout: float | None = DEFAULT_TIMEOUT) -> StreamSocket:
+    """A new stream session (``spines_socket(PF_SPINES, SOCK_STREAM, ...)``)."""
+    return StreamSocket(daemon, protocol, timeout=timeout)
 
 
 def _ttl(value) -> int:

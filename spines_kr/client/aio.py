@@ -13,9 +13,17 @@ round trip that confirms bind/join/leave) are serialised by a lock, since their 
 back in order on the one control channel.  ``sendto`` writes and waits for the stream to drain
 (back-pressure from the daemon); ``sendto_nowait`` only writes.
 
+Reliable streams: ``open_stream(daemon=None, protocol=RELIABLE_LINKS, timeout=10) -> Stream``,
+the blocking ``StreamSocket``'s semantics (``client`` module doc) as coroutines:
+``Stream.bind/listen/accept/connect/send/recv/shutdown/close/abort`` (``send`` waits for the
+daemon to take the bytes: back-pressure from the stream's window; ``recv`` is ``b""`` at an
+orderly end, raises ``ConnectionResetError``, ``ConnectionRefusedError`` or ``TimeoutError``
+otherwise).
+
 Entry points: ``open_session(daemon=None, protocol=UDP_LINKS, timeout=10) -> Session``;
 ``Session.bind/join/leave/set_loop/sendto/sendto_nowait/recvfrom/recv_message/traceroute/
-edistance/membership/getsockname/close``.  Errors as the blocking client: ``SpinesError``.
+edistance/membership/getsockname/close``; ``open_stream``.  Errors as the blocking client:
+``SpinesError``.
 The daemon never imports this module (asyncio costs a small router ~10 MB).
 """
 
@@ -31,6 +39,7 @@ from spines_kr.client import (
     DEFAULT_TIMEOUT,
     MAX_SPINES_CLIENT_MSG,
     QUERIES,
+    RELIABLE_LINKS,
     ROUTING_BITS_SHIFT,
     SPINES_ADD_MEMBERSHIP,
     SPINES_DROP_MEMBERSHIP,
@@ -51,6 +60,7 @@ from spines_kr.client import (
     is_group,
     links_frame,
     option_command,
+    stream_error,
 )
 from spines_kr.wire import session as wire
 
@@ -67,6 +77,7 @@ class Session:
         self._timeout = DEFAULT_TIMEOUT
 
     async def _open(self, daemon, protocol: int, timeout: float | None) -> None:
+        self.daemon_address, self.protocol = daemon, protocol
         family, ctrl_addr, data_addr, self.daemon = endpoints(daemon)
         links = links_frame(protocol)
         self._routing = (protocol >> ROUTING_BITS_SHIFT) & 0xF
@@ -221,6 +232,136 @@ class Session:
         await self.close()
 
 
+class Stream:
+    """A reliable stream over one session (``client.StreamSocket``, asynchronously)."""
+
+    def __init__(self, session: Session) -> None:
+        self._s = session
+        self.peer: tuple[str, int] | None = None
+        self.listening = False
+        self._eof = False
+
+    async def _end(self, what: str, default: int | None = None) -> None:
+        """At the data channel's EOF: nothing for an orderly end, else the error."""
+        code = None
+        try:
+            header, body = await asyncio.wait_for(self._s._frame(self._s._ctrl_r),
+                                                  self._s._timeout)
+            code = wire.stream_end_code(header, body, self._s._order)
+        except (asyncio.IncompleteReadError, TimeoutError, OSError, wire.DecodeError):
+            pass
+        e = stream_error(code, what, default)
+        if e is not None:
+            raise e
+
+    async def _hello(self, what: str) -> None:
+        try:
+            await asyncio.wait_for(self._s._data_r.readexactly(wire.STREAM_HELLO_LEN),
+                                   self._s._timeout)
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            await self._end(what, errno.ECONNREFUSED)
+            raise ConnectionResetError(errno.ECONNRESET, f"{what}: closed") from None
+
+    def getsockname(self) -> tuple[str, int]:
+        return self._s.getsockname()
+
+    async def bind(self, addr) -> None:
+        await self._s.bind(addr)
+
+    async def connect(self, addr) -> None:
+        dest, port = destination(addr)
+        if is_group(dest):
+            raise ValueError("a stream connects to a node, not a group")
+        self._s._data_w.write(wire.Connect(dest, port).encode(wire.NATIVE))
+        await self._hello(f"connect to {ip(dest)}:{port}")
+        self.peer = (ip(dest), port)
+
+    async def listen(self, backlog: int = 0) -> None:
+        self._s._data_w.write(wire.Listen().encode(wire.NATIVE))
+        await self._s._confirmed(f"listen on virtual port {self._s.port} (in use?)",
+                                 errno.EADDRINUSE)
+        self.listening = True
+
+    async def accept(self) -> tuple[Stream, tuple[str, int]]:
+        if not self.listening:
+            raise OSError(errno.EINVAL, "accept: not listening")
+        header, body = await self._s._frame(self._s._data_r)
+        m = wire.Received.decode(header, body)
+        session = Session()
+        await session._open(self._s.daemon_address, self._s.protocol, self._s._timeout)
+        conn = Stream(session)
+        try:
+            session._data_w.write(wire.Accept(m.source, m.source_port, m.payload)
+                                  .encode(wire.NATIVE))
+            await conn._hello(f"accept from {ip(m.source)}:{m.source_port}")
+        except BaseException:
+            await conn.close()
+            raise
+        conn.peer = (ip(m.source), m.source_port)
+        return conn, conn.peer
+
+    async def send(self, data) -> None:
+        """Send all of ``data``; returns once the daemon took it (the stream's window)."""
+        data = memoryview(data).cast("B")
+        w = self._s._data_w
+        for i in range(0, len(data), MAX_SPINES_CLIENT_MSG):
+            w.write(wire.stream_data(bytes(data[i:i + MAX_SPINES_CLIENT_MSG])))
+        try:
+            await w.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            await self._end("send", errno.ECONNRESET)
+            raise BrokenPipeError(errno.EPIPE, "send: the stream is closed") from None
+
+    sendall = send
+
+    async def recv(self, n: int = 65536) -> bytes:
+        if self._eof:
+            return b""
+        try:
+            data = await self._s._data_r.read(n)
+        except ConnectionResetError:
+            await self._end("recv", errno.ECONNRESET)
+            raise
+        if not data:
+            await self._end("recv")
+            self._eof = True
+        return data
+
+    async def shutdown(self) -> None:
+        """The end of what this end sends (the peer reads EOF); still receives."""
+        w = self._s._data_w
+        await w.drain()
+        if w.can_write_eof():
+            w.write_eof()
+
+    async def close(self) -> None:
+        await self._s.close()
+
+    async def abort(self) -> None:
+        if self._s._data_w is not None:
+            try:
+                self._s._data_w.write(wire.Abort().encode(wire.NATIVE))
+            except OSError:
+                pass
+        await self._s.close()
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+async def open_stream(daemon=None, protocol: int = RELIABLE_LINKS, *,
+                      timeout: float | None = DEFAULT_TIMEOUT) -> Stream:
+    """A new stream session (``spines_socket(PF_SPINES, SOCK_STREAM, ...)``)."""
+    if protocol & 0xF000:
+        raise ValueError("a stream is a RELIABLE_STREAM_SESSION (session bits 0)")
+    s = Session()
+    await s._open(daemon, protocol, timeout)
+    return Stream(s)
+
+
 async def _connect(family: int, addr):
     if family == _socket.AF_UNIX:
         return await asyncio.open_unix_connection(addr)
@@ -245,5 +386,7 @@ __all__ = [
     "SPINES_TRACEROUTE",
     "Session",
     "SpinesError",
+    "Stream",
     "open_session",
+    "open_stream",
 ]

@@ -429,6 +429,18 @@ class Daemon:
         except OSError as e:
             raise StartError(f"client sessions ({self.cfg.ipc_path}): {e.strerror or e}") \
                 from None
+        self._open_streams()
+
+    def _open_streams(self) -> None:
+        """Reliable stream sessions (dataplane.streams) between the sessions and the data
+        plane: segments go out as messages, back-pressure from the reliable data links."""
+        from spines_kr.dataplane.streams import Streams
+
+        fwd = self.forwarding
+        streams = Streams(self.loop, self.log, fwd.send, self.sessions.my_id,
+                          mss=fwd.fragment_size, congested=lambda: fwd.links.congested)
+        streams.attach(self.sessions)
+        self.sessions.streams = streams
 
     def _open_multicast(self) -> None:
         from spines_kr.daemon.multicast import Multicast
@@ -491,6 +503,8 @@ class Daemon:
         self.log.info("daemon.stopped")
 
     def _close(self) -> None:
+        if self.sessions is not None and self.sessions.streams is not None:
+            self.sessions.streams.close()  # (its RSTs leave before the data port closes)
         for part in (self.hostmcast, self.sessions, self.forwarding, self.control,
                      self.metrics_server, self.discovery):
             if part is not None:

@@ -29,6 +29,10 @@ daemon (``dataplane.links``), which recovers losses on that hop.  A reliable rec
 gave back is sent on by the new route (``_reroute``); the delivering daemon drops the duplicate
 fragments that can cause (``_dedup``).
 
+Equal-cost paths: each message takes one (by its source and message id), but the segments
+of a stream (``link | STREAM_SEGMENT``, ``dataplane.streams``) all take the same one, chosen by
+the stream's ports, as routers keep a TCP flow on one path.
+
 A message is cut into fragments that fit the links' MTU (``fragment_size``); only the daemon
 that delivers reassembles.  TTL counts overlay hops: HOP and TREE records lose one per daemon
 (dropped at 0); a KERNEL datagram carries it as its IP TTL.
@@ -51,7 +55,8 @@ from collections import Counter, OrderedDict
 
 from spines_kr.dataplane.links import Links
 from spines_kr.dataplane.message import (
-    HOST_PACKET, RELIABLE_LINKS, SOFT_REALTIME_LINKS, Message, is_anycast, is_multicast)
+    HOST_PACKET, RELIABLE_LINKS, SOFT_REALTIME_LINKS, STREAM_SEGMENT, Message, is_anycast,
+    is_multicast)
 from spines_kr.routing import groups as grp
 from spines_kr.routing.spf import spf
 from spines_kr.wire import data as wdata
@@ -269,7 +274,12 @@ class Forwarding:
                              msg.dst_port, self._msg_id, i, p) for i, p in enumerate(pieces)]
 
     def _hop_forward(self, records: list[wdata.Record], target: int) -> None:
-        hop = self._next_hop(target, records[0].src ^ records[0].msg_id)
+        r = records[0]
+        # equal-cost paths: a message picks one; a stream's segments all take the same, as
+        # TCP flows do (reordering between paths would look like loss to the stream)
+        flow = (r.src ^ (r.src_port << 16 | r.dst_port)) if r.link & STREAM_SEGMENT else \
+            r.src ^ r.msg_id
+        hop = self._next_hop(target, flow)
         if hop is None:
             self.counters["dropped.no_route"] += len(records)
             return

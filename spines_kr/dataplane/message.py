@@ -11,7 +11,9 @@ Data model:
         (0: not from a session of this node); it lets delivery skip the sender's own session
         when its loop option is off.  ``link | HOST_PACKET``: the payload is an IP packet of a
         LAN host (multicast without kernel multicast routing), delivered onto member LANs by
-        ``dataplane.hostmcast``, never to sessions.
+        ``dataplane.hostmcast``, never to sessions.  ``link | STREAM_SEGMENT``: the payload is a
+        segment of a reliable stream (``wire.stream``) between two daemons, handed to
+        ``dataplane.streams``, never to a client as such.
 
 The two halves of the data plane meet here:
     Forwarding (``dataplane.forward``): ``send(message)`` takes a message from a local session
@@ -35,6 +37,7 @@ MAX_MESSAGE = 50_000  # MAX_SPINES_CLIENT_MSG
 # link protocols (protocol & 0xF)
 UDP_LINKS, RELIABLE_LINKS, SOFT_REALTIME_LINKS, INTRUSION_TOL_LINKS = 0, 1, 2, 8
 HOST_PACKET = 0x80  # with ``link``: the payload is a LAN host's IP packet (dataplane.hostmcast)
+STREAM_SEGMENT = 0x40  # with ``link``: the payload is a stream segment (dataplane.streams)
 UDP_CONNECT = 0x10
 # routing ((protocol & 0xF00) >> 8)
 MIN_WEIGHT_ROUTING, IT_PRIORITY_ROUTING, IT_RELIABLE_ROUTING, SOURCE_BASED_ROUTING = 0, 1, 2, 3

@@ -40,15 +40,39 @@ a ``spines_trace`` laid out for this host's C ``long``.
 Errors are signalled to a libspines client the only way it understands, by closing the session,
 and always logged with the reason (rate-limited) and counted: a malformed frame
 (``sessions.malformed``), a BIND to a port in use, protocol options not served (link protocols
-other than UDP_LINKS, routing other than minimum weight, the intrusion-tolerance options, streams,
+other than UDP_LINKS, routing other than minimum weight, the intrusion-tolerance options,
 UDP_CONNECT, the daemon-side flooder), a full queue with delivery option 2 or 3.  SETLINK (only
 with ``accept_link_commands``) and ADD_NEIGHBOR (no effect, as in Spines 5.7) are logged, not
 closed: Spines ignores them silently too.  Nothing a client sends can stop the loop or another
 session.
 
+Streams (Spines' RELIABLE_STREAM_SESSION; ``dataplane.streams`` drives them once attached as
+``streams``, else CONNECT/LISTEN/ACCEPT close the session as not served).  A session becomes a
+stream by its first CONNECT, LISTEN or ACCEPT (the LINKS frame cannot tell: libspines' socket
+type stays in the library).  What of libspines 5.7's stream wire is served, byte for byte:
+CONNECT (cmd.dest, cmd.dest_port) answered, once the other end accepted, by the 16-byte
+``ses_hello_packet`` that ``spines_connect`` reads; LISTEN (no reply); a connect request
+delivered to the listener as a 24-byte message from the connecting (node, port), which
+``spines_accept`` hands back in ACCEPT on a new session, answered by the hello too; data frames
+with their 8-byte ``rel_udp_pkt_add`` (up to 50,000 bytes: the frame may be 8 bytes longer than
+a datagram's, ``wire.session.MAX_STREAM_FRAME``); raw bytes back (``spines_recv`` is ``recv``);
+the client's close is the stream's orderly end, the peer's end is EOF on the data channel
+(``shutdown(SHUT_WR)``: a half-closed stream still carries the other way).  What does not work
+is libspines' own: on 64-bit Linux ``spines_accept`` opens its new session at a garbage daemon
+address (it reads the wrapper struct that ``spines_socket`` keeps as a plain sockaddr), so an
+unmodified C program can connect and send but cannot accept; a C program that opens the
+accepting session itself, or the Python client, can.  spines-kr's additions, which libspines
+never sends or reads: ABORT (type 40, an RST) and a stream-end notice on the control channel
+(orderly, refused, reset, timed out), written once just before the data channel's EOF.  A
+stream session's reader follows its stream's ``send_room()`` (the client blocks in its socket),
+not the data links' back-pressure; stream bytes leave the output queue counted as consumed by
+the stream (its window opens) only once written into the client's socket.
+
 Entry points: ``Sessions(loop, commands, cfg, log, send)``; ``open()`` (raises
 ``SessionsUnavailable`` with one line), ``close()``; ``deliver(message) -> int``; ``groups()``;
-``counters`` (dict, keys ``sessions.*``); ``status()``; ``sessions()`` (one dict per session).
+``counters`` (dict, keys ``sessions.*``); ``status()``; ``sessions()`` (one dict per session);
+for the stream driver ``stream_write``, ``stream_reading``, ``stream_shutdown``,
+``stream_close``, ``stream_end``, ``stream_request``, ``stream_refuse``.
 """
 
 from __future__ import annotations
@@ -68,6 +92,7 @@ from spines_kr.dataplane.message import (
     INTRUSION_TOL_LINKS,
     RELIABLE_LINKS,
     SOFT_REALTIME_LINKS,
+    STREAM_SEGMENT,
     UDP_LINKS,
     Message,
     is_anycast,
@@ -102,7 +127,7 @@ COUNTERS = (
     "sessions.refused.too_many_sessions", "sessions.refused.bind_in_use",
     "sessions.refused.unsupported", "sessions.refused.join", "sessions.refused.setlink",
     "sessions.ignored.add_neighbor", "sessions.add_neighbor", "sessions.handshake_timeout", "sessions.send_errors",
-    "sessions.errors", "sessions.accept_errors",
+    "sessions.errors", "sessions.accept_errors", "sessions.streams",
 )
 
 
@@ -122,10 +147,11 @@ class _Control:
 
 
 class _Session:
-    __slots__ = ("buf", "closed", "ctrl", "delivery", "dropped", "fd", "flush_pending", "groups",
-                 "id", "link", "loop", "msgs_in", "msgs_out", "order", "out", "out_bytes",
-                 "out_off", "peer", "port", "routing", "sock", "state", "timer", "transport",
-                 "writing")
+    __slots__ = ("buf", "close_pending", "closed", "ctrl", "delivery", "dropped", "eof_in", "fd",
+                 "flush_pending", "groups", "id", "link", "listening", "loop", "msgs_in",
+                 "msgs_out", "order", "out", "out_bytes", "out_off", "paused", "peer", "port",
+                 "reading", "routing", "shut_pending", "sock", "told", "state", "stream", "timer",
+                 "transport", "writing")
 
     def __init__(self, sid: int, sock: socket.socket, transport: str, peer: str, port: int):
         self.id, self.sock, self.fd = sid, sock, sock.fileno()
@@ -144,6 +170,13 @@ class _Session:
         self.writing = self.flush_pending = self.closed = False
         self.timer = None
         self.msgs_in = self.msgs_out = self.dropped = 0
+        self.stream = None  # the stream connection (dataplane.streams) once connected/accepted
+        self.listening = False  # a stream listener
+        self.reading = True  # its reader is registered with the loop
+        self.paused = False  # a stream's sending buffer is full: not read
+        self.eof_in = False  # the client ended its stream (EOF): not read any more
+        self.shut_pending = self.close_pending = False  # after the output queue drains
+        self.told = False  # the stream's end was told on the control channel
 
     def to_json(self) -> dict:
         return {"id": self.id, "port": self.port, "transport": self.transport, "peer": self.peer,
@@ -151,7 +184,9 @@ class _Session:
                 "groups": [str(ipaddress.IPv4Address(g)) for g in sorted(self.groups)],
                 "loop": self.loop, "delivery": self.delivery, "queued": len(self.out),
                 "messages_in": self.msgs_in, "messages_out": self.msgs_out,
-                "dropped": self.dropped}
+                "dropped": self.dropped,
+                **({"stream": "listening"} if self.listening else {}),
+                **({"stream": "connected"} if self.stream is not None else {})}
 
 
 def _ip(a: int) -> str:
@@ -168,6 +203,7 @@ class Sessions:
         self._files: dict[str, tuple[int, int]] = {}  # socket path -> (st_dev, st_ino) we made
         self._sessions: dict[int, _Session] = {}
         self._pressure = False  # the reliable data links are backed up: reliable sessions wait
+        self.streams = None  # dataplane.streams: CONNECT/LISTEN/ACCEPT served once attached
         self._by_port: dict[int, _Session] = {}
         self._members: dict[int, dict[int, _Session]] = {}
         self._pending: dict[bytes, _Control] = {}
@@ -334,7 +370,8 @@ class Sessions:
         return {"sessions": ready, "handshaking": len(self._sessions) - ready + len(self._pending),
                 "max_sessions": self.max_sessions, "groups": len(self._members),
                 "queued": sum(len(s.out) for s in self._sessions.values()),
-                "endpoints": dict(self.endpoints)}
+                "endpoints": dict(self.endpoints),
+                **({"streams": self.streams.status()} if self.streams is not None else {})}
 
     def sessions(self) -> list[dict]:
         return [s.to_json() for s in self._sessions.values()]
@@ -450,14 +487,29 @@ class Sessions:
             self._close_control(c)
 
     def _on_data(self, s: _Session) -> None:
+        size = READ_SIZE
+        if s.stream is not None:  # a stream's client is read only while its buffer has room
+            room = self.streams.room(s)  # (what is read counts, frame headers included)
+            size = min(READ_SIZE, room - len(s.buf))
+            if size <= 0 and room >= self.streams.params.snd_buf:
+                size = wire.MAX_STREAM_FRAME  # (a frame larger than the whole buffer)
+            if size <= 0:
+                s.paused = True
+                self._update_reading(s)
+                return
         try:
-            chunk = s.sock.recv(READ_SIZE)
+            chunk = s.sock.recv(size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
             self._close(s, "read_error", f"read error: {e.strerror or e}")
             return
         if not chunk:
+            if s.stream is not None and not s.buf:  # the client's end of stream: a FIN
+                s.eof_in = True
+                self._update_reading(s)
+                self.streams.client_eof(s)
+                return
             if s.buf:
                 self._close(s, "eof_mid_frame", f"client closed the session in the middle of a "
                                                 f"frame ({len(s.buf)} bytes unfinished, dropped)")
@@ -473,8 +525,9 @@ class Sessions:
                     s.buf = data[pos:]
                     return
             order = s.order
+            limit = wire.MAX_STREAM_FRAME if s.stream is not None else wire.MAX_FRAME
             while not s.closed:
-                f = wire.next_frame(data, pos, order)
+                f = wire.next_frame(data, pos, order, limit)
                 if f is None:
                     break
                 header, start, end = f
@@ -523,6 +576,12 @@ class Sessions:
             if header.len != len(body):
                 raise wire.DecodeError("len", f"data header says {header.len} bytes, the frame "
                                               f"holds {len(body)}")
+            if s.stream is not None or s.listening:
+                data = wire.stream_payload(body)
+                s.msgs_in += 1
+                self.counters["sessions.bytes_in"] += len(data)
+                self.streams.client_data(s, data)
+                return
             s.msgs_in += 1
             self.counters["sessions.messages_in"] += 1
             self.counters["sessions.bytes_in"] += len(body)
@@ -554,12 +613,25 @@ class Sessions:
             return
         self._pressure = on
         self.counters["sessions.backpressure_on" if on else "sessions.backpressure_off"] += 1
-        for s in self._sessions.values():
-            if s.state == READY and s.link == RELIABLE_LINKS and not s.closed:
-                if on:
-                    self.loop.remove_reader(s.fd)
-                else:
-                    self.loop.add_reader(s.fd, lambda s=s: self._on_data(s))
+        for s in list(self._sessions.values()):
+            self._update_reading(s)
+        if self.streams is not None:  # (streams wait for the links on their own)
+            self.streams.pressure(on)
+
+    def _update_reading(self, s: _Session) -> None:
+        """The session's reader follows what it waits for: a stream its buffer's room, a
+        reliable datagram session the data links' back-pressure."""
+        if s.closed:
+            return
+        if s.stream is not None or s.listening:
+            want = not s.eof_in and not s.paused
+        else:
+            want = not (self._pressure and s.state == READY and s.link == RELIABLE_LINKS)
+        if want and not s.reading:
+            self.loop.add_reader(s.fd, lambda: self._on_data(s))
+        elif not want and s.reading:
+            self.loop.remove_reader(s.fd)
+        s.reading = want
 
     # --- commands ---------------------------------------------------------------------------------
 
@@ -581,8 +653,7 @@ class Sessions:
             self._refuse(s, "unsupported", why)
             return
         s.link, s.routing, s.state = cmd.link, cmd.routing >> 8, READY
-        if self._pressure and s.link == RELIABLE_LINKS:
-            self.loop.remove_reader(s.fd)  # the reliable links are backed up (backpressure)
+        self._update_reading(s)  # (off while the reliable links are backed up)
         if s.timer is not None:
             s.timer.cancel()
             s.timer = None
@@ -722,9 +793,76 @@ class Sessions:
                 out.append((m, path[-1][1], path[-1][2]))
         return out
 
+    # --- stream sessions (dataplane.streams) -------------------------------------------------
+
+    def _stream_cmd(self, s: _Session, cmd) -> None:
+        if self.streams is None:
+            self._unsupported(s, cmd)
+            return
+        if isinstance(cmd, wire.Abort):
+            self.streams.abort(s)
+            return
+        if s.stream is not None or (s.listening and not isinstance(cmd, wire.Listen)):
+            self.stream_refuse(s, f"{type(cmd).__name__.lower()} on a session that is a stream "
+                                  f"already")
+            return
+        self.counters["sessions.streams"] += 1
+        if isinstance(cmd, wire.Connect):
+            if not cmd.port or is_multicast(cmd.address) or is_anycast(cmd.address):
+                self.stream_refuse(s, f"connect to {_ip(cmd.address)}:{cmd.port}: a stream "
+                                      f"connects to a node and a port")
+                return
+            self.streams.connect(s, cmd.address, cmd.port)
+        elif isinstance(cmd, wire.Listen):
+            self.streams.listen(s)
+        else:
+            self.streams.accept(s, cmd)
+
+    def stream_refuse(self, s: _Session, why: str) -> None:
+        self._refuse(s, "unsupported", why)
+
+    def stream_write(self, s: _Session, data: bytes) -> None:
+        """Stream bytes (or its hello) to the client: raw, as ``spines_recv`` reads them."""
+        if not s.closed:
+            self.counters["sessions.bytes_out"] += len(data)
+            self._enqueue(s, data, force=True)
+
+    def stream_reading(self, s: _Session, on: bool) -> None:
+        if s.paused == on:
+            s.paused = not on
+            self._update_reading(s)
+
+    def stream_shutdown(self, s: _Session) -> None:
+        """The peer ended its stream: EOF to the client once what is queued is written (it
+        may still send: a half-closed stream)."""
+        s.shut_pending = True
+        if not s.out and not s.closed:
+            self._flush(s)
+
+    def stream_close(self, s: _Session, reason: str) -> None:
+        """The stream ended in order: close the session once its output is written."""
+        s.close_pending = True
+        s.shut_pending = True
+        if not s.closed:
+            if not s.out:
+                self._close(s, reason, "the stream ended", quiet=True)
+
+    def stream_end(self, s: _Session, code: int, why: str) -> None:
+        """The stream ended in error: a notice on the control channel, then close."""
+        self._tell(s, code)
+        self._close(s, "stream_error", why)
+
+    def stream_request(self, s: _Session, peer: int, peer_port: int, port: int,
+                       payload: bytes) -> None:
+        """A connect request for a listener: delivered as a message from the connecting end
+        (what ``spines_accept`` reads and hands back)."""
+        frame = wire.frame(wire.NATIVE, (peer, self.my_id, 0, peer_port & 0xFFFF, port & 0xFFFF,
+                                         len(payload), 0, 0, 1, 0, 0, 0), payload)
+        self._enqueue(s, frame, force=True)
+
     def _unsupported(self, s: _Session, cmd) -> None:
         name = type(cmd).__name__
-        if isinstance(cmd, (wire.Connect, wire.Listen, wire.Accept)):
+        if isinstance(cmd, (wire.Connect, wire.Listen, wire.Accept, wire.Abort)):
             why = f"{name}: stream sessions (connect/listen/accept) are not supported yet"
         elif isinstance(cmd, (wire.FloodSend, wire.FloodRecv)):
             why = f"{name}: the daemon-side flooder is not supported (use spines-kr flood)"
@@ -736,7 +874,8 @@ class Sessions:
         wire.Bind: _bind, wire.Join: _join, wire.Leave: _join, wire.Loop: _loop_option,
         wire.Delivery: _delivery, wire.AddNeighbor: _add_neighbor, wire.SetLink: _setlink,
         wire.Traceroute: _query, wire.EDistance: _query, wire.Membership: _query,
-        wire.Connect: _unsupported, wire.Listen: _unsupported, wire.Accept: _unsupported,
+        wire.Connect: _stream_cmd, wire.Listen: _stream_cmd, wire.Accept: _stream_cmd,
+        wire.Abort: _stream_cmd,
         wire.FloodSend: _unsupported, wire.FloodRecv: _unsupported,
         wire.SetDissem: _unsupported, wire.Priority: _unsupported,
         wire.Expiration: _unsupported, wire.DisjointPaths: _unsupported,
@@ -746,6 +885,8 @@ class Sessions:
 
     def deliver(self, msg: Message) -> int:
         """Hand ``msg`` to the local sessions it is for; how many took it."""
+        if msg.link & STREAM_SEGMENT:
+            return self.streams.receive(msg) if self.streams is not None else 0
         dst = msg.dst
         group = is_multicast(dst) or is_anycast(dst)
         if group:
@@ -829,6 +970,10 @@ class Sessions:
                     off += sent
                     sent = 0
             s.out_off = off
+            if n and s.stream is not None:
+                self.streams.written(s, n)  # (the window opens; may queue or close)
+                if s.closed:
+                    return
             if n < want:  # the socket is full: wait until it is writable
                 if not s.writing:
                     s.writing = True
@@ -837,6 +982,22 @@ class Sessions:
         if s.writing:
             s.writing = False
             self.loop.remove_writer(s.fd)
+        if s.shut_pending or s.close_pending:
+            self._tell(s, wire.STREAM_CLOSED)  # (before the EOF: the client reads it after)
+        if s.close_pending:
+            self._close(s, "stream_closed", "the stream ended", quiet=True)
+        elif s.shut_pending:
+            s.shut_pending = False
+            try:
+                s.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def _tell(self, s: _Session, code: int) -> None:
+        """How the stream ended, once, on the control channel (``wire.session.stream_end``)."""
+        if not s.told:
+            s.told = True
+            self._control_write(s, wire.stream_end(code))
 
     def _control_write(self, s: _Session, data: bytes) -> None:
         c = s.ctrl
@@ -892,7 +1053,9 @@ class Sessions:
             self.log.debug("session.closed", **fields)
         else:
             self._log(level, "session.closed", reason, **fields)
-        self.loop.remove_reader(s.fd)
+        if s.reading:
+            self.loop.remove_reader(s.fd)
+            s.reading = False
         if s.writing:
             self.loop.remove_writer(s.fd)
             s.writing = False
@@ -902,6 +1065,8 @@ class Sessions:
         self._sessions.pop(s.id, None)
         if self._by_port.get(s.port) is s:
             del self._by_port[s.port]
+        if self.streams is not None and (s.stream is not None or s.listening):
+            self.streams.session_closed(s)
         for g in list(s.groups):
             self._leave(s, g)
         s.out.clear()

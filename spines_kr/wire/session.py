@@ -40,10 +40,15 @@ Data model (one codec class per frame, symmetric ``encode(order)`` / ``decode``)
                        Bind 1, Connect 2, Listen 3, Accept 4, Join 5, Leave 6, Links 7,
                        SetLink 9, FloodSend 10, FloodRecv 11, AddNeighbor 12, Loop 13,
                        Traceroute 21, EDistance 22, Membership 23, Delivery 24, Priority 25,
-                       Expiration 26, DisjointPaths 27, SetDissem 28
+                       Expiration 26, DisjointPaths 27, SetDissem 28; spines-kr's Abort 40
+                       (a stream's RST; libspines has none); a connected stream's data
+                       frames (``stream_data``/``stream_payload``: ``rel_udp_pkt_add`` first)
     daemon -> client   ``IdReply`` (data channel, once, after LINKS), ``Received`` (a delivered
                        message), ``TraceReply`` (control channel; ``spines_trace``: 1,032 bytes
-                       with a 64-bit ``long``, 772 with a 32-bit one)
+                       with a 64-bit ``long``, 772 with a 32-bit one); for streams the
+                       connect request (``stream_request``, 24 bytes), the 16-byte hello
+                       (``stream_hello``), raw bytes, and spines-kr's stream-end notice on the
+                       control channel (``stream_end``, ``stream_end_code``)
 Entry points: ``next_frame(buf, pos, order)`` splits a stream (None until a whole frame is
 there); ``decode_request(header, body, order)`` reads a client frame; ``Received.decode``,
 ``IdReply.decode``, ``TraceReply.decode`` read daemon frames.
@@ -147,15 +152,16 @@ def frame(order: str, header: tuple, body: bytes = b"") -> bytes:
     return _HEAD[order].pack(HEADER_LEN + len(body), *header) + body
 
 
-def next_frame(buf, pos: int, order: str) -> tuple[Header, int, int] | None:
+def next_frame(buf, pos: int, order: str, limit: int = MAX_FRAME) -> tuple[Header, int, int] | None:
     """The frame starting at ``buf[pos]``: (header, body start, end), or None while it is not
-    all there.  DecodeError("length") when its length is outside 28..50,028 (a client that
-    sent it cannot be followed any further: its stream is out of step)."""
+    all there.  DecodeError("length") when its length is outside 28..50,028 (``limit``; a
+    stream session's frames may be 8 bytes longer, ``MAX_STREAM_FRAME``) (a client that sent
+    it cannot be followed any further: its stream is out of step)."""
     if len(buf) - pos < 4:
         return None
     (length,) = _LEN[order].unpack_from(buf, pos)
-    if not HEADER_LEN <= length <= MAX_FRAME:
-        raise DecodeError("length", f"frame length {length} outside {HEADER_LEN}..{MAX_FRAME}")
+    if not HEADER_LEN <= length <= limit:
+        raise DecodeError("length", f"frame length {length} outside {HEADER_LEN}..{limit}")
     end = pos + 4 + length
     if end > len(buf):
         return None
@@ -537,6 +543,113 @@ def decode_request(header: Header, body: bytes, order: str) -> Command | SendTo:
     if header.is_command:
         return decode_command(body, order)
     return SendTo.decode(header, body)
+
+
+# --- stream sessions (CONNECT / LISTEN / ACCEPT) ------------------------------------------------
+#
+# libspines 5.7's stream wire (spines_lib.c spines_connect/listen/accept/send/recv;
+# daemon/reliable_session.c): a stream session's data frames carry an 8-byte ``rel_udp_pkt_add``
+# (type: the sender's endian word, data_len, ack_len 0) before the bytes, and the header's
+# ``len`` counts it; towards the client a connected stream is raw bytes (``spines_recv`` is a
+# plain ``recv``), opened by one 16-byte ``ses_hello_packet`` that connect and accept read and
+# discard.  A connect request reaches the listening session as a message of 24 bytes
+# (rel_udp_pkt_add + ses_hello_packet) from the connecting end; ``spines_accept`` hands those
+# 24 bytes back in the ACCEPT command of a new session.
+
+REL_ADD_LEN = 8  # sizeof(rel_udp_pkt_add)
+STREAM_HELLO_LEN = 16  # sizeof(ses_hello_packet)
+_REL_ADD = {o: struct.Struct(o + "IHH") for o in ORDERS}
+_SES_HELLO = {o: struct.Struct(o + "IIiHH") for o in ORDERS}
+STREAM_REQUEST_LEN = REL_ADD_LEN + STREAM_HELLO_LEN
+MAX_STREAM_FRAME = MAX_FRAME + REL_ADD_LEN  # spines_send: 50,000 bytes and rel_udp_pkt_add
+
+
+def stream_data(data: bytes, order: str = NATIVE) -> bytes:
+    """One ``spines_send`` frame of a connected stream session."""
+    return frame(order, (0, 0, 0, 0, 0, len(data) + REL_ADD_LEN, 0, 0, 0, 0, 0, 0),
+                 _REL_ADD[order].pack(ENDIAN_TYPE if order == LITTLE else 0,
+                                      len(data) & 0xFFFF, 0) + data)
+
+
+def stream_payload(body: bytes) -> bytes:
+    """The bytes of a stream session's data frame (its ``rel_udp_pkt_add`` checked)."""
+    if len(body) < REL_ADD_LEN:
+        raise DecodeError("short", f"stream data frame of {len(body)} bytes (no rel_udp_pkt_add)")
+    data = body[REL_ADD_LEN:]
+    order = order_of(bytes(body[:4]))
+    (_t, data_len, ack_len) = _REL_ADD[order].unpack_from(body, 0)
+    if data_len != len(data) & 0xFFFF or ack_len:
+        raise DecodeError("len", f"stream data frame says {data_len} bytes (+{ack_len} of "
+                                 f"acknowledgements), holds {len(data)}")
+    return bytes(data)
+
+
+def stream_hello(conn: int, my_port: int, orig_port: int, order: str = NATIVE) -> bytes:
+    """The 16-byte ``ses_hello_packet`` a connected stream client reads first."""
+    return _SES_HELLO[order].pack(0, 0, _signed(conn), my_port & 0xFFFF, orig_port & 0xFFFF)
+
+
+def stream_request(conn: int, port: int, order: str = NATIVE) -> bytes:
+    """What a listening session receives for a connect request (the 24 bytes it hands back in
+    ACCEPT): rel_udp_pkt_add (this host's endian word, 16, 0) and the hello naming the
+    connection (``my_sess_id``) and the connecting port."""
+    return _REL_ADD[order].pack(ENDIAN_TYPE if order == LITTLE else 0, STREAM_HELLO_LEN, 0) + \
+        stream_hello(conn, port, port, order)
+
+
+def stream_request_conn(data: bytes) -> int:
+    """The connection an ACCEPT's request names (DecodeError when it is not one of ours)."""
+    if len(data) != STREAM_REQUEST_LEN:
+        raise DecodeError("len", f"accept request of {len(data)} bytes, expected "
+                                 f"{STREAM_REQUEST_LEN}")
+    order = order_of(bytes(data[:4]))
+    _t, _seq, conn, _my, _orig = _SES_HELLO[order].unpack_from(data, REL_ADD_LEN)
+    return conn & 0xFFFFFFFF
+
+
+def _signed(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+# A spines-kr extension (libspines has neither): how a stream ended, told once on the
+# session's control channel just before the daemon ends the data channel (its EOF), so that a
+# client can tell an orderly end of stream (STREAM_CLOSED) from an abort, a refusal or a dead
+# peer; and the ABORT command (an RST instead of a FIN).  A libspines program never reads the
+# one nor sends the other.
+STREAM_END_TYPE = 0x53454E44  # "SEND" in the header's seq_no and sess_id: not a trace reply
+STREAM_CLOSED, STREAM_REFUSED, STREAM_RESET, STREAM_TIMEOUT, STREAM_ABORTED = 0, 1, 2, 3, 4
+STREAM_ERRORS = {"refused": STREAM_REFUSED, "reset": STREAM_RESET, "timeout": STREAM_TIMEOUT,
+                 "aborted": STREAM_ABORTED}
+ABORT = 40
+
+
+def stream_end(code: int, order: str = NATIVE) -> bytes:
+    return frame(order, (0, 0, 0, 0, 0, 4, STREAM_END_TYPE & 0xFFFF, STREAM_END_TYPE >> 16,
+                         0, 0, 0, 0), _I32[order].pack(code))
+
+
+def stream_end_code(header: Header, body: bytes, order: str) -> int | None:
+    """The code of a stream-end notice, None for any other frame."""
+    if header.seq_no != STREAM_END_TYPE & 0xFFFF or header.sess_id != STREAM_END_TYPE >> 16 \
+            or len(body) != 4:
+        return None
+    return _I32[order].unpack(body)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Abort(Command):
+    """spines-kr's stream abort (not in libspines): RST the connection, close the session."""
+
+    TYPE = ABORT
+    SIZE = HEADER_LEN
+
+    def args(self, order: str) -> bytes:
+        return _cmd(order)
+
+    @classmethod
+    def from_args(cls, args: bytes, order: str) -> Abort:
+        return cls()
 
 
 # --- daemon -> client ----------------------------------------------------------------------------

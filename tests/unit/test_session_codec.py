@@ -93,6 +93,7 @@ CMD_GOLDENS = [  # (command, little-endian golden, layout after the cmd header)
     (w.Bind(8400), cmd_golden("01000000", dest_port="d020"), []),
     (w.Connect(0x0A000003, 8400), cmd_golden("02000000", dest="0300000a", dest_port="d020"), []),
     (w.Listen(), cmd_golden("03000000"), []),
+    (w.Abort(), cmd_golden("28000000"), []),  # spines-kr's stream abort (not libspines')
     (w.Accept(0x0A000003, 8400, b"hi"),
      cmd_golden("04000000", dest="0300000a", dest_port="d020", length="0200", extra="6869"), []),
     (w.Join(0xE0010101), cmd_golden("05000000", dest="010101e0"), []),
@@ -319,4 +320,27 @@ def test_every_command_round_trips_in_both_orders():
             header, start, end = w.next_frame(frame, 0, order)
             assert w.decode_request(header, frame[start:end], order) == cmd
     assert set(w.COMMANDS) == {1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 21, 22, 23, 24, 25, 26,
-                               27, 28}
+                               27, 28, 40}  # 40: spines-kr's stream abort
+
+
+def test_stream_session_wire_goldens():
+    """libspines 5.7's stream frames: spines_send's rel_udp_pkt_add (endian word, data_len,
+    ack_len 0) before the bytes, counted in the header's len; the 24-byte connect request
+    (rel_udp_pkt_add + ses_hello_packet naming the connection) and the 16-byte hello."""
+    f = w.stream_data(b"hi", "<")
+    assert f == hx(struct.pack("<i", 28 + 10).hex(), "00" * 16, "0a00", "00" * 10,
+                   "80000080", "0200", "0000", "6869")
+    header, start, end = w.next_frame(f, 0, "<")
+    assert not header.is_command and w.stream_payload(f[start:end]) == b"hi"
+    assert w.stream_payload(w.stream_data(b"x" * 50_000, ">")[32:]) == b"x" * 50_000
+    req = w.stream_request(0xDEADBEEF, 40001, "<")
+    assert req == hx("80000080", "1000", "0000", "00000000", "00000000", "efbeadde", "419c",
+                     "419c")
+    assert w.stream_request_conn(req) == 0xDEADBEEF
+    assert w.stream_request_conn(w.stream_request(7, 1, ">")) == 7
+    assert len(w.stream_hello(1, 2, 3)) == w.STREAM_HELLO_LEN == 16
+    end_frame = w.stream_end(w.STREAM_RESET, "<")
+    h, a, b = w.next_frame(end_frame, 0, "<")
+    assert w.stream_end_code(h, end_frame[a:b], "<") == w.STREAM_RESET
+    with pytest.raises(w.DecodeError):
+        w.stream_payload(hx("80000080", "0500", "0000") + b"hi")  # says 5 bytes, holds 2
