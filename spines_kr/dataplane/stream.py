@@ -227,10 +227,11 @@ class Stream:
 
     def status(self) -> dict:
         return {"state": self.state, "error": self.error, "snd_una": self.snd_una,
-                "snd_nxt": self.snd_nxt, "buffered": self.wr_end - self.snd_una,
+                "snd_nxt": self.snd_nxt, "buffered": max(0, self.wr_end - self.snd_una),
                 "in_flight": self.n_out, "peer_window": max(0, self.snd_right - self.snd_nxt),
                 "rcv_nxt": self.rcv_nxt, "unread": self.unread,
-                "out_of_order": self.ooo_bytes, "window": max(0, self.rcv_adv - self.rcv_nxt),
+                "out_of_order_bytes": self.ooo_bytes,
+                "window": max(0, self.rcv_adv - self.rcv_nxt),
                 "srtt_ms": None if self.srtt is None else round(self.srtt * 1000, 2),
                 "rto_ms": round(self.rto * 1000, 1),
                 "cwnd": round(self.cwnd) if self.p.congestion else None,
@@ -669,7 +670,8 @@ class Stream:
                 if not self.hs_tries:
                     self.hs_first = now
                 self.hs_tries += 1
-                self.hs_due = now + min(self.p.max_rto, self.p.initial_rto * 2 ** (self.hs_tries - 1))
+                self.hs_due = now + min(self.p.max_rto,
+                                        self.p.initial_rto * 2 ** (self.hs_tries - 1))
             self.stats["segments_out"] += len(out)
             return out
         if not self.n_out and not self.retx:
