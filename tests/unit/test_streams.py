@@ -327,3 +327,24 @@ def test_through_a_path_that_loses_duplicates_and_reorders_every_byte_arrives_on
         assert st["streams.ended.closed"] == 2
     finally:
         srv.stop()
+
+
+def test_a_stream_over_the_tcp_session_ports(srv):
+    tcp = ("127.0.0.1", srv.cfg.port)  # data at P+7, control at P+9
+    L = client.stream_socket(tcp)
+    L.bind(9008)
+    L.listen()
+    bg = Background(L.accept)
+    s = client.stream_socket(tcp)
+    s.connect((HERE, 9008))
+    c, _peer = bg.get()
+    data = os.urandom(300_000)
+    tx = Background(lambda: (s.sendall(data), s.shutdown()))
+    assert read_all(c) == data
+    tx.get()
+    c.abort()
+    with pytest.raises(ConnectionResetError):
+        while s.recv(100):
+            pass
+    s.close()
+    L.close()
