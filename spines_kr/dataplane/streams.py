@@ -110,6 +110,7 @@ class Streams:
         self._busy = False
         self._later: list = []
         self._dirty: dict[tuple, _Conn] = {}
+        self._closed = False
 
     def attach(self, sessions) -> None:
         self.sessions = sessions
@@ -123,6 +124,8 @@ class Streams:
                 self._service(c, self.loop.time())
         self.conns.clear()
         self.by_session.clear()
+        self.pending.clear()
+        self._closed = True
         self._deadline.cancel()
 
     # --- re-entrancy: a segment to this node comes back into ``receive`` while we send ---
@@ -424,6 +427,8 @@ class Streams:
     # --- the deadline -------------------------------------------------------------------------
 
     def _arm(self) -> None:
+        if self._closed:
+            return
         t = INF
         for c in self.conns.values():
             t = min(t, c.stream.next_deadline())
