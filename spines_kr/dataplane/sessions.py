@@ -39,11 +39,12 @@ a ``spines_trace`` laid out for this host's C ``long``.
 
 Errors are signalled to a libspines client the only way it understands, by closing the session,
 and always logged with the reason (rate-limited) and counted: a malformed frame
-(``sessions.malformed``), a BIND to a port in use, protocol options not served (link protocols
-other than UDP_LINKS, routing other than minimum weight, the intrusion-tolerance options,
-UDP_CONNECT, the daemon-side flooder), a full queue with delivery option 2 or 3.  SETLINK (only
-with ``accept_link_commands``) and ADD_NEIGHBOR (no effect, as in Spines 5.7) are logged, not
-closed: Spines ignores them silently too.  Nothing a client sends can stop the loop or another
+(``sessions.malformed``), a BIND to a port in use, protocol options not served (the
+intrusion-tolerant links, routing other than minimum weight, the intrusion-tolerance options,
+UDP_CONNECT, the daemon-side flooder), a full queue with delivery option 2 or 3.  SETLINK and
+ADD_NEIGHBOR act only with ``accept_link_commands`` (``-m``; ADD_NEIGHBOR makes a link or a
+tunnel through ``commands``); without it they are logged and counted, not closed: Spines
+ignores them silently too.  Nothing a client sends can stop the loop or another
 session.
 
 Streams (Spines' RELIABLE_STREAM_SESSION; ``dataplane.streams`` drives them once attached as
