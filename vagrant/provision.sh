@@ -10,7 +10,8 @@
 #   SPINES_KR_SRC     the repository synced into the VM (/srv/spines-kr)
 #   SPINES_KR_WHEELS  optional: a directory of wheels of spines-kr's dependencies (and setuptools,
 #                     wheel); pip then installs from it and the source only, with no index (the
-#                     lab of `spines-kr vagrant up`, whose VMs reach no network)
+#                     lab of `spines-kr vagrant up`, whose VMs reach no network).  With a wheel
+#                     of spines-kr itself in it (built from the checkout), that is installed.
 set -euo pipefail
 
 role=${SPINES_KR_ROLE:?SPINES_KR_ROLE is not set}
@@ -59,13 +60,21 @@ fi
 install -D -m 644 "$src/systemd/iproute2/rt_protos.d/spines.conf" /etc/iproute2/rt_protos.d/spines.conf
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 pip=("$venv/bin/pip" install -q --disable-pip-version-check --no-cache-dir)
-if [ -n "${SPINES_KR_WHEELS:-}" ]; then
+built=$(ls "${SPINES_KR_WHEELS:-/nonexistent}"/spines_kr-*.whl 2>/dev/null | head -n 1 || true)
+if [ -n "$built" ]; then
+    # a wheel of the checkout, built on the lab's host (spines-kr vagrant up)
     pip+=(--no-index --find-links "$SPINES_KR_WHEELS")
-    "${pip[@]}" 'setuptools>=61' wheel                          # to build the source offline
-    pip+=(--no-build-isolation)
+    "${pip[@]}" "$built"                                       # + dependencies
+    "${pip[@]}" --no-deps --force-reinstall "$built"           # this checkout
+else
+    if [ -n "${SPINES_KR_WHEELS:-}" ]; then
+        pip+=(--no-index --find-links "$SPINES_KR_WHEELS")
+        "${pip[@]}" 'setuptools>=61' wheel                      # to build the source offline
+        pip+=(--no-build-isolation)
+    fi
+    "${pip[@]}" "$src"                                         # + dependencies
+    "${pip[@]}" --no-deps --force-reinstall "$src"             # this source
 fi
-"${pip[@]}" "$src"                                             # + dependencies
-"${pip[@]}" --no-deps --force-reinstall "$src"                 # this source
 ln -sf "$venv/bin/spines-kr" /usr/local/bin/spines-kr     # where the unit (and PATH) look for it
 unit_file="$src/systemd/spines-kr@.service"
 if [ ! -f "$unit_file" ]; then
