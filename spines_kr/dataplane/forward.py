@@ -33,6 +33,12 @@ Equal-cost paths: each message takes one (by its source and message id), but the
 of a stream (``link | STREAM_SEGMENT``, ``dataplane.streams``) all take the same one, chosen by
 the stream's ports, as routers keep a TCP flow on one path.
 
+System calls, the data plane's main cost on a small router: the data links' packets of one loop
+turn leave per neighbor in UDP GSO sends (a run of equal-size datagrams, one ``sendmsg``; the
+wire sees the same datagrams), and the socket takes a neighbor's run back whole (UDP_GRO) and
+cuts it apart by the segment size the kernel reports; a kernel that refuses GSO (older than
+4.18, a device without it) gets one datagram per call from then on (``gso_off``).
+
 A message is cut into fragments that fit the links' MTU (``fragment_size``); only the daemon
 that delivers reassembles.  TTL counts overlay hops: HOP and TREE records lose one per daemon
 (dropped at 0); a KERNEL datagram carries it as its IP TTL.
@@ -49,6 +55,7 @@ data links' part, ``dataplane.links``).
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 from collections import Counter, OrderedDict
@@ -80,6 +87,14 @@ OVERHEAD = 20 + 8 + HEADER_LEN + wl.DATA_HEADER + TRAILER_LEN
 LINK_PROTOCOLS = (RELIABLE_LINKS, SOFT_REALTIME_LINKS)
 DEDUP = 1 << 16  # reliable fragments remembered at delivery (a reroute may duplicate)
 DEFAULT_MTU = 1500
+SOL_UDP = getattr(socket, "SOL_UDP", 17)
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # linux/udp.h: UDP GSO (Linux 4.18)
+GSO_SEGMENTS = 32  # at most this many datagrams in one UDP GSO send (the kernel's cap: 64)
+GSO_BYTES = 60_000  # ... and under the 64 KB a GSO send may carry
+SEG = struct.Struct("=H")
+GRO_SIZE = struct.Struct("=i")
+UDP_GRO = getattr(socket, "UDP_GRO", 104)  # linux/udp.h: coalesced receive (Linux 5.0)
+GSO_REFUSED = (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 
 
 def _ip(n: int) -> str:
@@ -125,7 +140,8 @@ class Forwarding:
         self._anc_cache: dict = {}
         self._timer = None
         self._dedup: OrderedDict[tuple[int, int, int], None] = OrderedDict()
-        self.links = Links(loop, cfg, engine, self._send_link_packet, self._deliver_records,
+        self._gso = True  # UDP GSO until the kernel says no (then one datagram per call)
+        self.links = Links(loop, cfg, engine, self._send_link_packets, self._deliver_records,
                            self._reroute, log)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -144,6 +160,10 @@ class Forwarding:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
             s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+            try:  # a peer's GSO run arrives whole (one read), cut apart here by its segment size
+                s.setsockopt(SOL_UDP, UDP_GRO, 1)
+            except OSError:
+                pass  # a kernel before 5.0: one datagram per read
             s.setblocking(False)
             s.bind(("0.0.0.0", self.port))
         except BaseException:
@@ -403,17 +423,23 @@ class Forwarding:
             except OSError:
                 self.counters["recv_errors"] += 1
                 continue
-            self.counters["datagrams_in"] += 1
-            key = (_ifindex(anc), addr[0])  # the engine's key of the link it came over
-            if emulated:  # setlink at the receiving end: loss, latency, bandwidth on receipt
-                when = self._rx_emulation(key, len(data), now)
-                if when is None:
-                    self.counters["emulated_rx_drops"] += 1
-                    continue
-                if when > now:
-                    self.loop.call_at(when, self._process, data, when, key)
-                    continue
-            self._process(data, now, key)
+            ifindex, seg = _ifindex_and_segment(anc)
+            key = (ifindex, addr[0])  # the engine's key of the link it came over
+            if seg and len(data) > seg:  # UDP GRO: several datagrams of one sender, as sent
+                pieces = [data[k:k + seg] for k in range(0, len(data), seg)]
+            else:
+                pieces = (data,)
+            for data in pieces:
+                self.counters["datagrams_in"] += 1
+                if emulated:  # setlink at the receiving end: loss, latency, bandwidth on receipt
+                    when = self._rx_emulation(key, len(data), now)
+                    if when is None:
+                        self.counters["emulated_rx_drops"] += 1
+                        continue
+                    if when > now:
+                        self.loop.call_at(when, self._process, data, when, key)
+                        continue
+                self._process(data, now, key)
         self._sweep(now)
 
     def _rx_emulation(self, key, size: int, now: float) -> float | None:
@@ -478,23 +504,48 @@ class Forwarding:
                 continue
             self._hop_forward([r], target)
 
-    def _send_link_packet(self, key, pkt: bytes) -> None:
-        """A data link's packet to the neighbor of link ``key``, from that link's address."""
+    def _send_link_packets(self, key, pkts: list[bytes]) -> None:
+        """Data links' packets to the neighbor of link ``key``, from that link's address.  A
+        run of packets of one size (its last may be shorter) goes to the kernel in one UDP GSO
+        send: one system call and one trip through the stack for up to GSO_SEGMENTS
+        datagrams, which the kernel cuts apart (on the wire they are the same datagrams)."""
         if self.sock is None:
             return
         if self.auth is not None:
-            pkt = self.auth.seal(pkt)
+            seal = self.auth.seal
+            pkts = [seal(p) for p in pkts]
         ifindex, addr = key
         link = self.engine.links.get(key)
-        local = link.local_addr if link is not None else None
-        try:
-            self.sock.sendmsg([pkt], self._ancillary(ifindex, local, 0), 0, (addr, self.port))
-            self.counters["datagrams_out"] += 1
-        except BlockingIOError:
-            self.counters["dropped.send_buffer"] += 1
-        except OSError as e:
-            self.counters[f"dropped.send_{e.errno}"] += 1
-
+        anc = self._ancillary(ifindex, link.local_addr if link is not None else None, 0)
+        dest = (addr, self.port)
+        sendmsg, counters = self.sock.sendmsg, self.counters
+        i, n = 0, len(pkts)
+        while i < n:
+            size = len(pkts[i])
+            j = i + 1
+            if self._gso:
+                total = size
+                while (j < n and j - i < GSO_SEGMENTS and len(pkts[j]) <= size
+                       and total + size <= GSO_BYTES):
+                    total += len(pkts[j])
+                    j += 1
+                    if len(pkts[j - 1]) < size:
+                        break  # a shorter datagram can only be the last of a run
+            try:
+                if j - i == 1:
+                    sendmsg([pkts[i]], anc, 0, dest)
+                else:
+                    sendmsg(pkts[i:j], anc + [(SOL_UDP, UDP_SEGMENT, SEG.pack(size))], 0, dest)
+                counters["datagrams_out"] += j - i
+            except BlockingIOError:
+                counters["dropped.send_buffer"] += j - i
+            except OSError as e:
+                if j - i > 1 and e.errno in GSO_REFUSED:
+                    self._gso = False  # this kernel or device takes no UDP GSO: one by one
+                    counters["gso_off"] += 1
+                    continue
+                counters[f"dropped.send_{e.errno}"] += j - i
+            i = j
 
     def _receive(self, r: wdata.Record, now: float) -> None:
         node = self.engine
@@ -582,11 +633,15 @@ class Forwarding:
             self._evict("dropped.reassembly_timeout")
 
 
-def _ifindex(anc) -> int:
+def _ifindex_and_segment(anc) -> tuple[int, int]:
+    """The interface a datagram came in on, and the segment size of a GRO datagram (0: one)."""
+    ifindex = seg = 0
     for level, typ, cdata in anc:
         if level == socket.SOL_IP and typ == IP_PKTINFO and len(cdata) >= PKTINFO.size:
-            return PKTINFO.unpack_from(cdata)[0]
-    return 0
+            ifindex = PKTINFO.unpack_from(cdata)[0]
+        elif level == SOL_UDP and typ == UDP_GRO and len(cdata) >= 4:
+            seg = GRO_SIZE.unpack_from(cdata)[0]
+    return ifindex, seg
 
 
 def _as_kernel(r: wdata.Record) -> wdata.Record:

@@ -28,7 +28,7 @@ A link that goes down: its reliable sender's records not known to be delivered a
 duplicates a reroute may cause), or counted ``links.lost`` when there is no route.  Its
 soft-real-time history is dropped (a detour would make it late anyway).
 
-Entry points: ``Links(loop, cfg, engine, send_packet, deliver, reroute, log)``, ``queue``,
+Entry points: ``Links(loop, cfg, engine, send_packets, deliver, reroute, log)``, ``queue``,
 ``receive(header, msg, key, now)``, ``links_changed()``, ``congested``, ``status()``,
 ``close()``.  Spines' parameters: ``-rl`` (``rate_limit_kbps``, Spines' default 500,000) per
 link and direction; ``-sf`` (``stream_fairness``); ``realtime_history_ms`` (Spines' 100 ms).
@@ -72,11 +72,13 @@ def _stream(record) -> tuple:
 
 
 class Links:
-    def __init__(self, loop, cfg, engine, send_packet, deliver, reroute, log) -> None:
+    def __init__(self, loop, cfg, engine, send_packets, deliver, reroute, log) -> None:
         self.loop = loop
         self.cfg = cfg
         self.engine = engine
-        self.send_packet = send_packet  # (key, packet bytes) -> None
+        self.send_packets = send_packets  # (key, [packet bytes]) -> None
+        self._out: dict[tuple, list[bytes]] = {}  # packets of this loop turn, per link
+        self._emit_pending = False
         self.deliver = deliver  # (records, now) -> None
         self.reroute = reroute  # (records) -> None
         self.log = log
@@ -204,8 +206,23 @@ class Links:
         except (ValueError, OverflowError):
             self.counters["links.encode_errors"] += 1
             return
-        self.send_packet(ch.key, pkt)
+        out = self._out.get(ch.key)
+        if out is None:
+            self._out[ch.key] = [pkt]
+        else:
+            out.append(pkt)
+        if not self._emit_pending:
+            self._emit_pending = True
+            self.loop.call_soon(self._emit)
         self.counters["links.packets_out"] += 1
+
+    def _emit(self) -> None:
+        """What this loop turn made for each link goes out together at the turn's end (the
+        forwarding hands a run of equal-size packets to the kernel in one system call)."""
+        self._emit_pending = False
+        out, self._out = self._out, {}
+        for key, pkts in out.items():
+            self.send_packets(key, pkts)
 
     def _recount(self) -> None:
         """Back-pressure follows the bytes waiting in the reliable senders (module doc)."""
