@@ -363,18 +363,31 @@ class Forwarding:
     def flush(self) -> None:
         self._flush_pending = False
         queues, self._queues = self._queues, {}
+        if self.sock is None:
+            return
         budget = self.fragment_size() + wdata.RECORD_HEADER
         for (addr, ifindex, local, ttl), records in queues.items():
-            batch, size = [], 0
+            pkts, counts, batch, size = [], [], [], 0
             for r in records:
                 n = r.encoded_size()
                 if batch and size + n > budget:
-                    self._send_datagram(addr, ifindex, local, ttl, batch)
+                    pkts.append(self._datagram(batch))
+                    counts.append(len(batch))
                     batch, size = [], 0
                 batch.append(r)
                 size += n
             if batch:
-                self._send_datagram(addr, ifindex, local, ttl, batch)
+                pkts.append(self._datagram(batch))
+                counts.append(len(batch))
+            # a KERNEL datagram leaves from our logical ID (the kernel routes it); a HOP one
+            # on its link, from that link's address
+            anc = self._ancillary(ifindex, local, ttl) if ifindex else \
+                self._ancillary(0, _ip(self.engine.id), ttl)
+            self._send_run(pkts, anc, (addr, self.port), counts)
+
+    def _datagram(self, records: list[wdata.Record]) -> bytes:
+        pkt = wdata.encode(records, instance=self.instance, sender=self.engine.id)
+        return pkt if self.auth is None else self.auth.seal(pkt)
 
     def _ancillary(self, ifindex: int, local: str | None, ttl: int) -> list:
         key = (ifindex, local, ttl)
@@ -391,23 +404,6 @@ class Forwarding:
                 self._anc_cache.clear()
             self._anc_cache[key] = anc
         return anc
-
-    def _send_datagram(self, addr: str, ifindex: int, local: str | None, ttl: int,
-                       records: list[wdata.Record]) -> None:
-        pkt = wdata.encode(records, instance=self.instance, sender=self.engine.id)
-        if self.auth is not None:
-            pkt = self.auth.seal(pkt)
-        # a KERNEL datagram leaves from our logical ID (the kernel routes it); a HOP one on
-        # its link, from that link's address
-        anc = self._ancillary(ifindex, local if ifindex else None, ttl) if ifindex else \
-            self._ancillary(0, _ip(self.engine.id), ttl)
-        try:
-            self.sock.sendmsg([pkt], anc, 0, (addr, self.port))
-            self.counters["datagrams_out"] += 1
-        except BlockingIOError:
-            self.counters["dropped.send_buffer"] += len(records)
-        except OSError as e:
-            self.counters[f"dropped.send_{e.errno}"] += len(records)
 
     # --- receiving ------------------------------------------------------------------------------
 
@@ -505,10 +501,7 @@ class Forwarding:
             self._hop_forward([r], target)
 
     def _send_link_packets(self, key, pkts: list[bytes]) -> None:
-        """Data links' packets to the neighbor of link ``key``, from that link's address.  A
-        run of packets of one size (its last may be shorter) goes to the kernel in one UDP GSO
-        send: one system call and one trip through the stack for up to GSO_SEGMENTS
-        datagrams, which the kernel cuts apart (on the wire they are the same datagrams)."""
+        """Data links' packets to the neighbor of link ``key``, from that link's address."""
         if self.sock is None:
             return
         if self.auth is not None:
@@ -517,7 +510,14 @@ class Forwarding:
         ifindex, addr = key
         link = self.engine.links.get(key)
         anc = self._ancillary(ifindex, link.local_addr if link is not None else None, 0)
-        dest = (addr, self.port)
+        self._send_run(pkts, anc, (addr, self.port))
+
+    def _send_run(self, pkts: list[bytes], anc: list, dest: tuple,
+                  counts: list[int] | None = None) -> None:
+        """Datagrams to one destination.  A run of one size (its last may be shorter) goes to
+        the kernel in one UDP GSO send: one system call and one trip through the stack for up
+        to GSO_SEGMENTS datagrams, which the kernel cuts apart (the wire sees the same
+        datagrams).  ``counts``: records in each (what a failed send drops), else 1 each."""
         sendmsg, counters = self.sock.sendmsg, self.counters
         i, n = 0, len(pkts)
         while i < n:
@@ -538,13 +538,13 @@ class Forwarding:
                     sendmsg(pkts[i:j], anc + [(SOL_UDP, UDP_SEGMENT, SEG.pack(size))], 0, dest)
                 counters["datagrams_out"] += j - i
             except BlockingIOError:
-                counters["dropped.send_buffer"] += j - i
+                counters["dropped.send_buffer"] += sum(counts[i:j]) if counts else j - i
             except OSError as e:
                 if j - i > 1 and e.errno in GSO_REFUSED:
                     self._gso = False  # this kernel or device takes no UDP GSO: one by one
                     counters["gso_off"] += 1
                     continue
-                counters[f"dropped.send_{e.errno}"] += j - i
+                counters[f"dropped.send_{e.errno}"] += sum(counts[i:j]) if counts else j - i
             i = j
 
     def _receive(self, r: wdata.Record, now: float) -> None:
