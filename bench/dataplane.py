@@ -7,11 +7,15 @@ and b, c forward in the kernel):
   * the highest of a few paced rates (90, 75, 60, 45 % of the unlimited one) with no loss;
   * round trip of a small message between sessions (a ping), 1 and 3 hops;
   * daemon CPU per message at the sender (a), the transit daemons (b, c) and the receiver (d);
+  * the same unlimited sender over reliable links (link protocol 1: every daemon on the way
+    takes part), 1 and 3 hops, and the link flaps it caused (none: hellos go first);
 side by side in the same run with the limit: plain UDP (a Python sender and receiver, the same
 kind of program as the client) between a's and d's namespaces through the same kernel routes.
 For scale, Spines 5.7 with its C clients on this kind of machine (issue 12): 43,700 msg/s
 (350 Mbit/s) over 1 hop, 20,600 msg/s (165 Mbit/s) lossless over 3 hops, sp_ping 244 µs / 320
-µs, daemon CPU per message 11-13 µs at the ingress daemon and 9-12 µs at each forwarding one.
+µs, daemon CPU per message 11-13 µs at the ingress daemon and 9-12 µs at each forwarding one;
+its reliable links 36,800 msg/s (295 Mbit/s) over 1 hop and 12,500 msg/s (100 Mbit/s) over 3
+hops, collapsing above about 120 Mbit/s there.
 
 Medians of RUNS runs (default 3); ends with one JSON line.  Everything lives in network
 namespaces ``skbench<pid>d-*``, removed at the end, also on failure.
@@ -37,7 +41,8 @@ from spines_kr.lab import netns  # noqa: E402
 SIZE = 1000
 N = 30_000
 SPINES = {"msgs_per_s_1hop": 43_700, "msgs_per_s_3hop": 20_600, "rtt_us_1hop": 244,
-          "rtt_us_3hop": 320, "transit_cpu_us_per_msg": 10.5}
+          "rtt_us_3hop": 320, "transit_cpu_us_per_msg": 10.5,
+          "reliable_msgs_per_s_1hop": 36_800, "reliable_msgs_per_s_3hop": 12_500}
 
 UDP_RX = r"""
 import socket, sys, time
@@ -67,13 +72,13 @@ for _ in range(n):
 """
 
 
-def stream(line: Line, dst: str, rate: float | None, n: int = N) -> dict:
-    sink = Sink(line, dst, 9400, 0)
+def stream(line: Line, dst: str, rate: float | None, n: int = N, protocol: int = 0) -> dict:
+    sink = Sink(line, dst, 9400, protocol)
     sink.start()
     cpu0 = line.cpu()
     t0 = time.monotonic()
     try:
-        sent_s = blast(line, "a", dst, 9400, 0, n, SIZE, rate=rate)
+        sent_s = blast(line, "a", dst, 9400, protocol, n, SIZE, rate=rate)
         sink.wait_quiet(n)
     finally:
         sink.close()
@@ -113,7 +118,9 @@ def main() -> int:
     rows = {k: [] for k in ("msgs_per_s_1hop", "loss_1hop", "msgs_per_s_3hop", "loss_3hop",
                             "lossless_msgs_per_s_3hop", "rtt_us_1hop", "rtt_us_3hop",
                             "sender_cpu_us_per_msg", "transit_cpu_us_per_msg",
-                            "receiver_cpu_us_per_msg", "kernel_udp_msgs_per_s")}
+                            "receiver_cpu_us_per_msg", "kernel_udp_msgs_per_s",
+                            "reliable_msgs_per_s_1hop", "reliable_loss_1hop",
+                            "reliable_msgs_per_s_3hop", "reliable_loss_3hop", "reliable_flaps")}
     with Line("d") as line:
         for run in range(runs):
             one = stream(line, "b", None)
@@ -130,12 +137,20 @@ def main() -> int:
             rows["rtt_us_1hop"].append(ping(line, "a", "b"))
             rows["rtt_us_3hop"].append(ping(line, "a", "d"))
             rows["kernel_udp_msgs_per_s"].append(kernel_udp(line))
+            flaps = line.flaps()
+            for dst, hops in (("b", "1hop"), ("d", "3hop")):
+                r = stream(line, dst, None, n=2 * N, protocol=1)
+                rows[f"reliable_msgs_per_s_{hops}"].append(r["msgs_per_s"])
+                rows[f"reliable_loss_{hops}"].append(r["loss"])
+            rows["reliable_flaps"].append(line.flaps() - flaps)
             print(f"run {run + 1}: 1 hop {one['msgs_per_s']:.0f}/s (loss {one['loss']:.1%}), "
                   f"3 hops {three['msgs_per_s']:.0f}/s (loss {three['loss']:.1%}, lossless "
                   f"{rows['lossless_msgs_per_s_3hop'][-1]:.0f}/s), rtt {rows['rtt_us_1hop'][-1]:.0f}"
                   f"/{rows['rtt_us_3hop'][-1]:.0f} µs, cpu µs/msg a {three['cpu_us']['a']:.1f} "
                   f"b {three['cpu_us']['b']:.1f} c {three['cpu_us']['c']:.1f} d "
-                  f"{three['cpu_us']['d']:.1f}, plain UDP {rows['kernel_udp_msgs_per_s'][-1]:.0f}/s",
+                  f"{three['cpu_us']['d']:.1f}, plain UDP {rows['kernel_udp_msgs_per_s'][-1]:.0f}/s, "
+                  f"reliable {rows['reliable_msgs_per_s_1hop'][-1]:.0f}/"
+                  f"{rows['reliable_msgs_per_s_3hop'][-1]:.0f}/s (flaps {rows['reliable_flaps'][-1]})",
                   flush=True)
     med = {k: round(statistics.median(v), 4 if k.startswith("loss_") else 1) for k, v in rows.items()}
     print(f"\nmedians of {runs} runs, 1,000-byte messages (Spines 5.7, C clients, for scale):")
@@ -144,6 +159,9 @@ def main() -> int:
         print(f"  {k:28} {v:>10}" + (f"   (Spines {ref})" if ref else ""))
     print(f"  {'mbit_per_s_1hop':28} {med['msgs_per_s_1hop'] * SIZE * 8 / 1e6:>10.1f}")
     print(f"  {'mbit_per_s_3hop':28} {med['msgs_per_s_3hop'] * SIZE * 8 / 1e6:>10.1f}")
+    for hops in ("1hop", "3hop"):
+        print(f"  {'reliable_mbit_per_s_' + hops:28} "
+              f"{med['reliable_msgs_per_s_' + hops] * SIZE * 8 / 1e6:>10.1f}")
     print(json.dumps({"bench": "dataplane", "runs": runs, "size": SIZE, **med}))
     return 0
 
