@@ -87,3 +87,10 @@ def pytest_terminal_summary(terminalreporter):
                                     + (f" ({len(lacking)} missing)" if lacking else ""))
     for reason, n in sorted(_skipped_for.items()):
         terminalreporter.write_line(f"skipped {n} test{'s' if n != 1 else ''}: {reason}")
+    # every other skip, named too: a skip is never silent
+    features = set(_skipped_for)
+    for rep in terminalreporter.stats.get("skipped", []):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        if reason not in features:
+            terminalreporter.write_line(f"skipped {rep.nodeid}: {reason}")
