@@ -24,8 +24,6 @@ from spines_kr import client  # noqa: E402
 from spines_kr.ctl import request  # noqa: E402
 from spines_kr.lab import netns, ops, topology  # noqa: E402
 
-LINE = "".join(f'[[node]]\nname = "{n}"\n' for n in "abcd") + "".join(
-    f'[[link]]\na = "{x}"\nb = "{y}"\n' for x, y in (("a", "b"), ("b", "c"), ("c", "d")))
 HEAD = struct.Struct("!IQ")
 TIMEOUT = 60.0
 
@@ -36,7 +34,7 @@ class Line:
         self.st = None
 
     def __enter__(self) -> Line:
-        self.st = netns.up(topology.parse(LINE), self.name)
+        self.st = netns.up(topology.line("abcd"), self.name)
         if ops.wait_converged(self.st, 60) is None:
             raise SystemExit("bench: the line did not converge")
         return self

@@ -82,6 +82,14 @@ class _Frame:
         self.lost = False
 
 
+def rtt_estimate(srtt: float | None, rttvar: float, r: float) -> tuple[float, float]:
+    """RFC 6298's smoothed RTT and variation after the sample ``r`` (seconds); the reliable
+    links and the end-to-end streams both time their retransmissions from it."""
+    if srtt is None:
+        return r, r / 2
+    return 0.875 * srtt + 0.125 * r, 0.75 * rttvar + 0.25 * abs(srtt - r)
+
+
 def frame_size(records) -> int:
     return sum(r.encoded_size() for r in records) + wl.DATA_HEADER
 
@@ -355,11 +363,7 @@ class ReliableSender:
         self.last_rtt = r
         if self.min_rtt is None or r < self.min_rtt:
             self.min_rtt = r
-        if self.srtt is None:
-            self.srtt, self.rttvar = r, r / 2
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - r)
-            self.srtt = 0.875 * self.srtt + 0.125 * r
+        self.srtt, self.rttvar = rtt_estimate(self.srtt, self.rttvar, r)
         self.rto = min(self.p.max_rto, max(self.p.min_rto,
                                            self.srtt + 4 * self.rttvar + self.p.ack_delay))
 

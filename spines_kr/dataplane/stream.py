@@ -87,6 +87,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass
 
+from spines_kr.dataplane.reliable import rtt_estimate
 from spines_kr.wire.stream import ACK, FIN, MAX_SACK, PROBE, RST, SYN, U32, Segment
 
 INF = float("inf")
@@ -472,11 +473,7 @@ class Stream:
 
     def _rtt(self, r: float) -> None:
         r = max(r, 0.0)
-        if self.srtt is None:
-            self.srtt, self.rttvar = r, r / 2
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - r)
-            self.srtt = 0.875 * self.srtt + 0.125 * r
+        self.srtt, self.rttvar = rtt_estimate(self.srtt, self.rttvar, r)
         self.rto = min(self.p.max_rto, max(self.p.min_rto,
                                            self.srtt + 4 * self.rttvar + self.p.ack_delay))
 

@@ -681,6 +681,15 @@ def demo() -> Topology:
     return parse(DEMO_TOPOLOGY)
 
 
+def line(names, *, metric: str = DEFAULT_METRIC) -> Topology:
+    """Nodes named ``names`` (e.g. "abcd") in a line, linked in that order."""
+    names = list(names)
+    if len(names) < 2:
+        raise TopologyError(f"line: {len(names)} nodes; a line needs at least 2")
+    return from_dict({"metric": metric, "node": [{"name": n} for n in names],
+                      "link": [{"a": a, "b": b} for a, b in zip(names, names[1:])]})
+
+
 def ring(n: int, chord: int | None = None, *, metric: str = DEFAULT_METRIC) -> Topology:
     """Nodes n1..n<n> in a ring, each also linked to the node ``chord`` places on (a circulant
     graph C_n(1, chord)): degree 4 everywhere (3 when ``chord`` is n/2), diameter about

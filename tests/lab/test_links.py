@@ -27,25 +27,6 @@ from spines_kr.lab import netns, ops, topology
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.needs("veth", "nftables")]
 TIMEOUT = 60.0
-LINE = """
-[[node]]
-name = "a"
-[[node]]
-name = "b"
-[[node]]
-name = "c"
-[[node]]
-name = "d"
-[[link]]
-a = "a"
-b = "b"
-[[link]]
-a = "b"
-b = "c"
-[[link]]
-a = "c"
-b = "d"
-"""
 SQUARE = "".join(f'[[node]]\nname = "{n}"\n' for n in "abcd") + "".join(
     f'[[link]]\na = "{x}"\nb = "{y}"\n' for x, y in (("a", "b"), ("b", "d"), ("a", "c"), ("c", "d")))
 
@@ -73,7 +54,7 @@ def lossy(st, pairs, loss_pct: float) -> None:
 def line():
     name = f"sktest{os.urandom(3).hex()}"
     try:
-        st = netns.up(topology.parse(LINE), name)
+        st = netns.up(topology.line("abcd"), name)
         assert ops.wait_converged(st, 30) is not None
         lossy(st, [("a", "b"), ("b", "c"), ("c", "d")], 5)
         assert ops.wait_converged(st, 30) is not None

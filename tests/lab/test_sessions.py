@@ -28,32 +28,13 @@ pytestmark = [pytest.mark.timeout(600), pytest.mark.needs("veth")]
 TIMEOUT = 15.0
 G = "225.7.7.7"  # multicast
 ANY = "241.7.7.7"  # anycast
-TOPO = """
-[[node]]
-name = "a"
-[[node]]
-name = "b"
-[[node]]
-name = "c"
-[[node]]
-name = "d"
-[[link]]
-a = "a"
-b = "b"
-[[link]]
-a = "b"
-b = "c"
-[[link]]
-a = "c"
-b = "d"
-"""
 
 
 @pytest.fixture(scope="module")
 def lab():
     name = f"sktest{os.urandom(3).hex()}"
     try:
-        st = netns.up(topology.parse(TOPO), name)
+        st = netns.up(topology.line("abcd"), name)
         assert ops.wait_converged(st, 30) is not None
         yield st
     finally:
