@@ -30,6 +30,7 @@ import socket
 import struct
 from collections import Counter
 
+from spines_kr.daemon.udp import IP_PKTINFO, PKTINFO_SPACE, pktinfo, pktinfo_cmsg
 from spines_kr.wire import tunnel as wt
 from spines_kr.wire.auth import KeyRing
 from spines_kr.wire.packets import DecodeError
@@ -37,8 +38,6 @@ from spines_kr.wire.packets import DecodeError
 PORT_OFFSET = 3
 HOLD_ROUNDS = 5
 MIN_HOLD_S = 10.0
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
-PKTINFO = struct.Struct("=i4s4s")
 MREQN = struct.Struct("=4s4si")  # struct ip_mreqn: group, address, ifindex
 
 
@@ -137,8 +136,7 @@ class Discovery:
         for ifindex, address in self._lans().items():
             pkt = wt.Announce(int(ipaddress.IPv4Address(address)), self.cfg.port).encode(
                 instance=self.cfg.port, sender=self._id)
-            anc = [(socket.SOL_IP, IP_PKTINFO,
-                    PKTINFO.pack(ifindex, socket.inet_aton(address), bytes(4)))]
+            anc = [pktinfo_cmsg(ifindex, socket.inet_aton(address))]
             for group in self.cfg.discovery:
                 if (ifindex, group) not in self.joined:
                     continue
@@ -160,17 +158,13 @@ class Discovery:
     def _on_readable(self) -> None:
         for _ in range(64):
             try:
-                data, anc, _flags, addr = self.sock.recvmsg(2048, socket.CMSG_SPACE(PKTINFO.size))
+                data, anc, _flags, addr = self.sock.recvmsg(2048, PKTINFO_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 self.counters["discovery.recv_errors"] += 1
                 continue
-            ifindex = 0
-            for level, typ, cdata in anc:
-                if level == socket.SOL_IP and typ == IP_PKTINFO and len(cdata) >= PKTINFO.size:
-                    ifindex = PKTINFO.unpack_from(cdata)[0]
-            self._receive(data, addr[0], ifindex)
+            self._receive(data, addr[0], pktinfo(anc)[0])
 
     def _receive(self, data: bytes, source: str, ifindex: int) -> None:
         now = self.loop.time()

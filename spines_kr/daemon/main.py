@@ -327,9 +327,7 @@ class Daemon:
     def _open_tunnels(self) -> None:
         from spines_kr.daemon.tunnels import PORT_OFFSET, Tunnels
 
-        auth = None
-        if self.node.auth is not None:  # offers have their own counters and replay windows
-            auth = KeyRing(self.node.auth.keys, self.node.auth.send_id, boot=self.node.auth.boot)
+        auth = self.node.auth.fork() if self.node.auth is not None else None
         self.tunnels = Tunnels(self.loop, self.cfg, self.caps, self.log, self._tunnels_changed,
                                self._link_up_on)
         try:
@@ -346,9 +344,7 @@ class Daemon:
     def _open_discovery(self) -> None:
         from spines_kr.daemon.discovery import PORT_OFFSET, Discovery
 
-        auth = None
-        if self.node.auth is not None:
-            auth = KeyRing(self.node.auth.keys, self.node.auth.send_id, boot=self.node.auth.boot)
+        auth = self.node.auth.fork() if self.node.auth is not None else None
         self.discovery = Discovery(self.loop, self.cfg, self.log, auth, self.interfaces,
                                    self._discovered)
         try:
@@ -395,10 +391,7 @@ class Daemon:
     def _open_data_plane(self) -> None:
         from spines_kr.dataplane.forward import Forwarding
 
-        auth = None
-        if self.node.auth is not None:  # data has its own counters and replay windows
-            auth = KeyRing(self.node.auth.keys, self.node.auth.send_id,
-                           boot=self.node.auth.boot)
+        auth = self.node.auth.fork() if self.node.auth is not None else None
         self.forwarding = Forwarding(self.loop, self.cfg, self.node, self.interfaces,
                                      self.kernel_sync, auth, self.log)
         try:

@@ -28,10 +28,10 @@ import struct
 import time
 from collections import Counter
 
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+from spines_kr.daemon.udp import IP_PKTINFO, PKTINFO, pktinfo_cmsg
+
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # SCM_TIMESTAMPNS has the same value
 IPTOS_PREC_INTERNETCONTROL = 0xC0
-PKTINFO = struct.Struct("=i4s4s")
 TIMESPEC = struct.Struct("=qq")
 CMSG_SPACE = socket.CMSG_SPACE(PKTINFO.size) + socket.CMSG_SPACE(TIMESPEC.size)
 RECV_SIZE = 65535
@@ -105,8 +105,8 @@ class OverlaySocket:
         key = (link.ifindex, link.local_addr)
         anc = self._pktinfo.get(key)
         if anc is None:
-            info = PKTINFO.pack(link.ifindex, socket.inet_aton(link.local_addr), b"\0\0\0\0")
-            anc = self._pktinfo[key] = [(socket.SOL_IP, IP_PKTINFO, info)]
+            anc = self._pktinfo[key] = [pktinfo_cmsg(link.ifindex,
+                                                     socket.inet_aton(link.local_addr))]
         try:
             self.sock.sendmsg([pkt], anc, 0, (link.peer_addr, self.port))
         except OSError:

@@ -106,11 +106,11 @@ import json
 import os
 import signal
 import socket
-import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
 
+from spines_kr.daemon.udp import IP_PKTINFO, PKTINFO_SPACE, local_towards, pktinfo
 from spines_kr.wire import tunnel as wt
 from spines_kr.wire.auth import KeyRing
 from spines_kr.wire.packets import DecodeError
@@ -121,8 +121,6 @@ REFRESH_S = 10.0
 PASSIVE_IDLE_S = 60.0
 UNDERLAY_CHECK_S = 5.0
 PEER_ROUTE_METRIC_EXTRA = 1000
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
-PKTINFO = struct.Struct("=i4s4s")
 PREFIX = {"wireguard": "wg", "vxlan": "vx", "gre": "gr", "ipip": "ip"}
 FEATURE = {"wireguard": "wireguard", "vxlan": "vxlan", "gre": "gre", "ipip": "ipip"}
 
@@ -445,16 +443,6 @@ class Backend:
                 actual = replace(actual, mtu=mtu)
             self.made[lid] = (spec, actual, proc)
 
-    @staticmethod
-    def _local_towards(remote: str) -> str:
-        """The source address the kernel picks towards ``remote`` (our pin decides it)."""
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.connect((remote, 9))
-                return s.getsockname()[0]
-        except OSError:
-            return ""
-
     def _create(self, spec: TunnelSpec) -> None:
         from spines_kr.netlink import wireguard as wg
 
@@ -490,7 +478,7 @@ class Backend:
             dev.configure(self.private_key, wg.PeerConfig(spec.peer_key, spec.endpoint,
                                                           spec.keepalive), listen_port=0)
             port = dev.listen_port()
-        actual = Actual(ifindex, spec.ifname, port, mtu, umtu, self._local_towards(spec.remote),
+        actual = Actual(ifindex, spec.ifname, port, mtu, umtu, local_towards(spec.remote),
                         spec.remote, pin, backend if spec.kind == "wireguard" else "kernel")
         self.made[spec.lid] = (spec, actual, proc)
 
@@ -852,7 +840,7 @@ class Tunnels:
                     vni = vni_for(self.cfg.port, self.cfg.logical_id, address)
                     msg = self._offer(None, want.kind, request=True, close=False,
                                       configured=True, vni=vni if want.kind == "vxlan" else 0)
-                    self._send(replace(msg, underlay=_id(self._local_towards(address) or
+                    self._send(replace(msg, underlay=_id(local_towards(address) or
                                                           "0.0.0.0")),
                                address, self.cfg.port + PORT_OFFSET)
                 else:
@@ -878,29 +866,17 @@ class Tunnels:
         nxt = min(nxt, self._next_check if self.actual else nxt)
         self._deadline.set(nxt)
 
-    @staticmethod
-    def _local_towards(remote: str) -> str:
-        """The source address the kernel picks towards ``remote`` (a route lookup, no packet)."""
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.connect((remote, 9))
-                return s.getsockname()[0]
-        except OSError:
-            return ""
-
     def _on_readable(self) -> None:
         for _ in range(64):
             try:
-                data, anc, _flags, addr = self.sock.recvmsg(2048, socket.CMSG_SPACE(PKTINFO.size))
+                data, anc, _flags, addr = self.sock.recvmsg(2048, PKTINFO_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 self.counters["tunnels.recv_errors"] += 1
                 continue
-            local = ""
-            for level, typ, cdata in anc:
-                if level == socket.SOL_IP and typ == IP_PKTINFO and len(cdata) >= PKTINFO.size:
-                    local = socket.inet_ntoa(PKTINFO.unpack_from(cdata)[2])
+            _ifindex, to = pktinfo(anc)
+            local = socket.inet_ntoa(to) if to else ""
             try:
                 self._receive(data, addr, local)
             except Exception as e:  # noqa: BLE001 - one packet must not stop the others

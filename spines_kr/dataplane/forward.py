@@ -60,6 +60,7 @@ import socket
 import struct
 from collections import Counter, OrderedDict
 
+from spines_kr.daemon.udp import IP_PKTINFO, PKTINFO, pktinfo_cmsg
 from spines_kr.dataplane.links import Links
 from spines_kr.dataplane.message import (
     HOST_PACKET, RELIABLE_LINKS, SOFT_REALTIME_LINKS, STREAM_SEGMENT, Message, is_anycast,
@@ -71,10 +72,8 @@ from spines_kr.wire import links as wl
 from spines_kr.wire.auth import TRAILER_LEN, KeyRing
 from spines_kr.wire.packets import HEADER_LEN, DecodeError, split
 
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 IP_TTL = socket.IP_TTL
 IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0
-PKTINFO = struct.Struct("=i4s4s")
 TTL = struct.Struct("=i")
 RECV_SIZE = 65535
 READ_MAX = 512  # datagrams per wakeup: timers still run under a flood
@@ -397,7 +396,7 @@ class Forwarding:
             if ifindex or local:
                 src = socket.inet_aton(local) if local else \
                     self.engine.id.to_bytes(4, "big")
-                anc.append((socket.SOL_IP, IP_PKTINFO, PKTINFO.pack(ifindex, src, bytes(4))))
+                anc.append(pktinfo_cmsg(ifindex, src))
             if ttl:
                 anc.append((socket.IPPROTO_IP, IP_TTL, TTL.pack(max(1, min(255, ttl)))))
             if len(self._anc_cache) > 1024:

@@ -94,6 +94,12 @@ class KeyRing:
     counter: int = 0
     peers: dict[int, _Peer] = field(default_factory=dict)
 
+    def fork(self) -> KeyRing:
+        """A ring with the same keys, sender id and boot, and counters and replay windows of
+        its own: for a socket of its own (data, tunnel offers, discovery), whose bursts must
+        not make another socket's packets look replayed."""
+        return KeyRing(self.keys, self.send_id, boot=self.boot)
+
     def seal(self, packet: bytes) -> bytes:
         """Add the trailer to a packet encoded without one."""
         self.counter += 1
