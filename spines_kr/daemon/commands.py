@@ -254,7 +254,7 @@ class Commands:
 
     def tunnels(self) -> dict:
         d = self._d
-        direct, wanted, unresolved = d.neighbor_plan()
+        direct, wanted, unresolved = d.neighbors.plan()
         return {"tunnels": d.tunnels.status() if getattr(d, "tunnels", None) else [],
                 "direct_neighbors": direct, "unresolved": unresolved,
                 "discovery": d.discovery.status() if getattr(d, "discovery", None) else None}
@@ -324,7 +324,7 @@ class Commands:
             raise ValueError(f"'{address}' is not an IPv4 address") from None
         if tunnel is not None and tunnel not in TUNNEL_KINDS:
             raise ValueError(f"tunnel {tunnel!r} is not one of {', '.join(TUNNEL_KINDS)}")
-        direct, wanted, unresolved = d.neighbor_plan()
+        direct, wanted, unresolved = d.neighbors.plan()
         if op == "remove":
             if a not in direct and a not in wanted and a not in unresolved:
                 raise ValueError(f"{a} is not a neighbor of this node")

@@ -15,7 +15,9 @@ earliest):
                  once (data is latency-bound, unlike the control plane's batched reads)
     tunnels      virtual links to neighbors that share no subnet, as kernel tunnels it makes,
                  pins the underlay routes of and removes (daemon.tunnels); their links join
-                 the engine like direct ones (``_resolve_neighbors``)
+                 the engine like direct ones (daemon.neighborset)
+    neighbors    which links the engine has: configured, run-time and discovered neighbors
+                 resolved against the interfaces, and the tunnels' links (daemon.neighborset)
     discovery    -d: daemons of the overlay found by authenticated link-local multicast
                  announcements on each LAN (daemon.discovery); found ones become links
     sessions     libspines client sessions (dataplane.sessions)
@@ -66,6 +68,7 @@ from spines_kr.daemon.interfaces import Interfaces
 from spines_kr.daemon.kernelsync import KernelSync
 from spines_kr.daemon.loop import Deadline, Loop
 from spines_kr.daemon.membership import Membership
+from spines_kr.daemon.neighborset import NeighborSet
 from spines_kr.daemon.node import Node, Params
 from spines_kr.daemon.overlay import OverlaySocket
 from spines_kr.daemon.service import Service
@@ -121,14 +124,11 @@ class Daemon:
         self.counters: dict[str, int] = {"refused.own_groups": 0}
         self.tunnels = None  # daemon.tunnels.Tunnels
         self.discovery = None  # daemon.discovery.Discovery
-        self.extra_neighbors: dict[str, str | None] = {}  # run-time: address -> tunnel kind
-        self.removed_neighbors: set[str] = set()  # run-time removals of configured neighbors
-        self._tunnel_ifs: set[int] = set()
+        self.neighbors: NeighborSet | None = None  # which links the engine has
         self.emulated = False  # setlink touched qdiscs/nftables: clear them at exit
         self.log_limit = dlog.RateLimiter()  # per (event, key): no log storm on a flapping link
         self.last_tick = 0.0
         self.last_read = 0.0
-        self._unresolved_logged: dict[str, str] = {}
         self._stopping = False
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -244,8 +244,9 @@ class Daemon:
         # --- from here on the kernel changes ---
         if cfg.kernel_routing:
             self._open_kernel_sync()
+        self.neighbors = NeighborSet(cfg, self.node, self.interfaces, self.log)
         self._open_tunnels()
-        self._resolve_neighbors(now)
+        self.neighbors.resolve(now)
         if cfg.discovery:
             self._open_discovery()
         loopback = None
@@ -329,11 +330,12 @@ class Daemon:
 
         auth = self.node.auth.fork() if self.node.auth is not None else None
         self.tunnels = Tunnels(self.loop, self.cfg, self.caps, self.log, self._tunnels_changed,
-                               self._link_up_on)
+                               self.neighbors.up_on)
+        self.neighbors.tunnels = self.tunnels
         try:
             swept = self.tunnels.open(auth)
         except OSError as e:
-            self.tunnels = None
+            self.tunnels = self.neighbors.tunnels = None
             if e.errno == errno.EADDRINUSE:
                 raise StartError(f"UDP port {self.cfg.port + PORT_OFFSET} (tunnel negotiation: "
                                  f"overlay port + {PORT_OFFSET}) is in use") from None
@@ -354,39 +356,23 @@ class Daemon:
             raise StartError(f"discovery port {self.cfg.port + PORT_OFFSET}: "
                              f"{e.strerror or e}") from None
 
-    def _link_up_on(self, ifindex: int) -> bool:
-        return any(l.up for l in self.node.links.values() if l.ifindex == ifindex)
-
     def _tunnels_changed(self) -> None:
         try:
-            self._resolve_tunnel_links(self.loop.time())
+            self.neighbors.resolve_tunnel_links(self.loop.time())
             if self.discovery is not None:
                 self.discovery.sync()
         finally:
             self.after_event()
 
     def _discovered(self, ifindex: int, address: str, alive: bool) -> None:
-        """Discovery found (or lost) a daemon of the overlay at ``address`` on ``ifindex``."""
-        node, now = self.node, self.loop.time()
-        key = (ifindex, address)
-        link = node.links.get(key)
-        if not alive:
-            if link is not None and not link.configured and not link.up:
-                node.remove_link(key, now)
-            self.after_event()
-            return
-        if link is not None:
-            return
-        end = self.interfaces.local_end(address, self.cfg.local_addresses)
-        if isinstance(end, str) or end[0] != ifindex:
-            return
-        if sum(1 for l in node.links.values() if not l.configured) >= self.cfg.max_dynamic_links:
-            node.counters["dropped.limit_dynamic_links"] += 1
-            return
-        link = node.add_link(ifindex, self.interfaces.names.get(ifindex, ""), end[1], address,
-                             now, configured=False)
-        node.set_interface(ifindex, self.interfaces.up.get(ifindex, True), now)
+        self.neighbors.discovered(ifindex, address, alive, self.loop.time())
         self.after_event()
+
+    def change_neighbor(self, address: str, kind: str | None, add: bool) -> bool:
+        """A neighbor added or removed at run time (commands.neighbor)."""
+        changed = self.neighbors.change(address, kind, add, self.loop.time())
+        self.after_event()
+        return changed
 
     def _open_data_plane(self) -> None:
         from spines_kr.dataplane.forward import Forwarding
@@ -510,6 +496,8 @@ class Daemon:
             except OSError as e:
                 self.log.error("tunnel.cleanup_failed", error=e.strerror or str(e))
             self.tunnels = None
+            if self.neighbors is not None:
+                self.neighbors.tunnels = None
         for obj in (self.overlay, self.interfaces, self.kernel_sync and
                     self.kernel_sync.reconciler.kernel, self.rules, self.membership,
                     self.multicast, self.slot):
@@ -540,87 +528,6 @@ class Daemon:
         configured = [l for l in self.node.links.values()
                       if l.configured and self.interfaces.up.get(l.ifindex, True)]
         return bool(configured) and all(l.up and l.updates_in for l in configured)
-
-    def neighbor_plan(self) -> tuple[list[str], dict, dict[str, str]]:
-        """(direct neighbors, wanted tunnels, unresolved) from the configuration and the run-time
-        changes (daemon.tunnels.plan_neighbors)."""
-        from spines_kr.daemon.tunnels import plan_neighbors
-
-        cfg, ifs = self.cfg, self.interfaces
-        direct, wanted, unresolved = plan_neighbors(
-            cfg, self.extra_neighbors,
-            lambda a: not isinstance(ifs.local_end(a, cfg.local_addresses), str))
-        gone = self.removed_neighbors
-        for a in [a for a in wanted if ifs.owner(a) is not None or a == cfg.logical_id]:
-            unresolved[a] = f"{a} is an address of this host, not a neighbor"
-            del wanted[a]
-        return ([a for a in direct if a not in gone], {a: w for a, w in wanted.items()
-                                                       if a not in gone},
-                {a: r for a, r in unresolved.items() if a not in gone})
-
-    def change_neighbor(self, address: str, kind: str | None, add: bool) -> bool:
-        """A neighbor added (a direct link, or a tunnel of ``kind``) or removed at run time
-        (commands.neighbor checked it); kept until a restart.  True if anything changed."""
-        if add:
-            changed = (self.extra_neighbors.get(address, "-") != kind
-                       or address in self.removed_neighbors)
-            self.removed_neighbors.discard(address)
-            self.extra_neighbors[address] = kind
-        else:
-            changed = address not in self.removed_neighbors
-            self.extra_neighbors.pop(address, None)
-            self.removed_neighbors.add(address)
-        self._resolve_neighbors(self.loop.time())
-        self.after_event()
-        return changed
-
-    def _resolve_tunnel_links(self, now: float) -> None:
-        """Links on our tunnels: one per tunnel that exists, none on a tunnel that went."""
-        if self.tunnels is None:
-            return
-        node, ifs = self.node, self.interfaces
-        links = self.tunnels.links()
-        keep = {(ifindex, peer) for ifindex, _n, _l, peer in links}
-        for key, link in list(node.links.items()):
-            if link.ifindex in self._tunnel_ifs and key not in keep:
-                node.remove_link(key, now)
-        self._tunnel_ifs.clear()
-        self._tunnel_ifs.update(ifindex for ifindex, *_ in links)
-        for ifindex, ifname, local, peer in links:
-            link = node.add_link(ifindex, ifname, local, peer, now)
-            link.local_addr = local
-            node.set_interface(ifindex, ifs.up.get(ifindex, True), now)
-
-    def _resolve_neighbors(self, now: float) -> None:
-        node, ifs = self.node, self.interfaces
-        for link in node.links.values():
-            link.ifname = link.ifname or ifs.names.get(link.ifindex, "")
-        direct, wanted, unresolved = self.neighbor_plan()
-        if self.tunnels is not None:
-            self.tunnels.set_wanted(wanted)
-        for key, link in list(node.links.items()):  # configured neighbors no longer wanted
-            if (link.configured and link.ifindex not in self._tunnel_ifs
-                    and link.peer_addr not in direct):
-                node.remove_link(key, now)
-        self._resolve_tunnel_links(now)
-        for peer in direct + list(unresolved):
-            end = ifs.local_end(peer, self.cfg.local_addresses)
-            present = [k for k, l in node.links.items() if l.peer_addr == peer and l.configured]
-            if isinstance(end, str):
-                for key in present:
-                    node.remove_link(key, now)
-                if self._unresolved_logged.get(peer) != end:
-                    self._unresolved_logged[peer] = end
-                    self.log.warning("neighbor.unresolved", neighbor=peer, reason=end)
-                continue
-            self._unresolved_logged.pop(peer, None)
-            ifindex, local = end
-            for key in present:
-                if key != (ifindex, peer):
-                    node.remove_link(key, now)
-            link = node.add_link(ifindex, ifs.names.get(ifindex, ""), local, peer, now)
-            link.local_addr = local
-            node.set_interface(ifindex, ifs.up.get(ifindex, True), now)
 
     # --- input ----------------------------------------------------------------------------------
 
@@ -691,7 +598,7 @@ class Daemon:
             if ch.addresses or ch.links:
                 if ch.addresses:
                     self._update_prefsrc()
-                    self._resolve_neighbors(now)
+                    self.neighbors.resolve(now)
                 if self.multicast is not None:
                     self.multicast.refresh()
                 if self.hostmcast is not None:
@@ -808,6 +715,7 @@ class Daemon:
                    if getattr(old, f.name) != getattr(new, f.name)]
         self.cfg = new
         self.membership.cfg = new
+        self.neighbors.cfg = new
         if self.sessions is not None:
             self.sessions.cfg = new  # (accept_link_commands is read at run time)
         now = self.loop.time()
@@ -815,7 +723,7 @@ class Daemon:
         node.reconfigure(Params.from_config(new, node.p.prefsrc), now)
         if self.tunnels is not None:
             self.tunnels.reconfigure(new)
-        self._resolve_neighbors(now)  # direct neighbors and tunnels of the new list
+        self.neighbors.resolve(now)  # direct neighbors and tunnels of the new list
         for g in set(old.groups) - set(new.groups):
             self.membership.join(g, False, now, origin="config")
         for g in set(new.groups) - set(old.groups):

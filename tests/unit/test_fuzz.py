@@ -1049,6 +1049,7 @@ class StandInDaemon:
         from spines_kr.daemon import logging as dlog
         from spines_kr.daemon.features import Plan
         from spines_kr.daemon.membership import Membership
+        from spines_kr.daemon.neighborset import NeighborSet
         from spines_kr.netlink.capabilities import Capabilities
 
         self.cfg = config.build({"logical_id": str(ipaddress.IPv4Address(SELF_ID)),
@@ -1067,12 +1068,10 @@ class StandInDaemon:
         self.caps, self.plan, self.started = Capabilities({}), Plan(), 0.0
         self.membership = Membership(self.cfg, self.node, None, self.log, self.log_limit,
                                      self.counters)
+        self.neighbors = NeighborSet(self.cfg, self.node, self.interfaces, self.log)
 
     def after_event(self) -> None:
         pass
-
-    def neighbor_plan(self):
-        return [], {}, {}
 
     def change_neighbor(self, address, kind, add) -> bool:
         return True
