@@ -392,26 +392,19 @@ class Commands:
         source, dest = str(req.get("source", "")), str(req.get("dest", ""))
         node = d.node
         mine = {cfg.logical_id} | {l.local_addr for l in node.links.values()}
-        neighbors = ", ".join(sorted(l.peer_addr for l in node.links.values())) or "none"
-        if source in mine:  # the sending end: what we send to DEST
-            ingress = False
-            links = [l for l in node.links.values()
-                     if dest in (l.peer_addr, _ip(l.peer_id))
-                     and source in (cfg.logical_id, l.local_addr)]
-            if not links:
-                raise ValueError(f"setlink: no link from {source} to {dest} "
-                                 f"(neighbors: {neighbors})")
-        elif dest in mine:  # the receiving end (Spines' meaning): what we receive from SOURCE
-            ingress = True
-            links = [l for l in node.links.values()
-                     if source in (l.peer_addr, _ip(l.peer_id))
-                     and dest in (cfg.logical_id, l.local_addr)]
-            if not links:
-                raise ValueError(f"setlink: no link from {source} to {dest} "
-                                 f"(neighbors: {neighbors})")
-        else:
+        if source not in mine and dest not in mine:
             raise ValueError(f"setlink: neither {source} nor {dest} is this node "
                              f"({cfg.logical_id}): tell the daemon at one end of the link")
+        # the sending end shapes what it sends to DEST; the receiving end (Spines' meaning)
+        # what it receives from SOURCE
+        ingress = source not in mine
+        here, peer = (dest, source) if ingress else (source, dest)
+        links = [l for l in node.links.values()
+                 if peer in (l.peer_addr, _ip(l.peer_id))
+                 and here in (cfg.logical_id, l.local_addr)]
+        if not links:
+            neighbors = ", ".join(sorted(l.peer_addr for l in node.links.values())) or "none"
+            raise ValueError(f"setlink: no link from {source} to {dest} (neighbors: {neighbors})")
         end = "receiving" if ingress else "sending"
         pending = Pending()
         result: list[dict] = []
