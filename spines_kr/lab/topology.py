@@ -191,11 +191,7 @@ class Link:
 
     def end(self, node: str) -> tuple[str, IPv4Interface, str, IPv4Interface]:
         """(local ifname, local address, peer name, peer address) of the link seen from ``node``."""
-        if node == self.a:
-            return self.a_ifname, self.a_address, self.b, self.b_address
-        if node == self.b:
-            return self.b_ifname, self.b_address, self.a, self.a_address
-        raise KeyError(node)
+        return _end(self, node)
 
 
 @dataclass(frozen=True)
@@ -224,11 +220,7 @@ class UnderlayLink:
     b_ifname: str
 
     def end(self, name: str) -> tuple[str, IPv4Interface, str, IPv4Interface]:
-        if name == self.a:
-            return self.a_ifname, self.a_address, self.b, self.b_address
-        if name == self.b:
-            return self.b_ifname, self.b_address, self.a, self.a_address
-        raise KeyError(name)
+        return _end(self, name)
 
 
 @dataclass(frozen=True)
@@ -317,6 +309,15 @@ class Topology:
 
 
 # -- field checks ------------------------------------------------------------------------------
+
+def _end(link, node: str) -> tuple[str, IPv4Interface, str, IPv4Interface]:
+    """A point-to-point link (overlay or underlay) seen from ``node``."""
+    if node == link.a:
+        return link.a_ifname, link.a_address, link.b, link.b_address
+    if node == link.b:
+        return link.b_ifname, link.b_address, link.a, link.a_address
+    raise KeyError(node)
+
 
 def _table(value, field: str, allowed: set[str], required: tuple[str, ...] = ()) -> dict:
     if not isinstance(value, dict):
