@@ -225,7 +225,31 @@ def _closed(what: str) -> SpinesError:
     return SpinesError(errno.ECONNRESET, f"the daemon closed the session ({what})")
 
 
-class SpinesSocket:
+class _Options:
+    """What the blocking and the asyncio session share of ``setsockopt``: the options
+    libspines keeps in the socket itself (the TTLs stamped on each message)."""
+
+    _ttl: int
+    _mcast_ttl: int
+
+    def _local_option(self, optname: int, value) -> bool:
+        if optname == SPINES_IP_TTL:
+            self._ttl = _ttl(value)
+        elif optname == SPINES_IP_MULTICAST_TTL:
+            self._mcast_ttl = _ttl(value)
+        else:
+            return False
+        return True
+
+
+def membership_change(optname: int, cmd) -> str | None:
+    """"join G" / "leave G" for a membership option (what the daemon then confirms)."""
+    if optname not in (SPINES_ADD_MEMBERSHIP, SPINES_DROP_MEMBERSHIP):
+        return None
+    return f"{'join' if optname == SPINES_ADD_MEMBERSHIP else 'leave'} {ip(cmd.group)}"
+
+
+class SpinesSocket(_Options):
     """One session with a daemon (``spines_socket(PF_SPINES, SOCK_DGRAM, protocol, daemon)``)."""
 
     def __init__(self, daemon=None, protocol: int = UDP_LINKS, *,
@@ -458,19 +482,15 @@ class SpinesSocket:
     def setsockopt(self, level: int, optname: int, value=None):
         """``spines_setsockopt``: ``level`` is ignored, as libspines does.  TRACEROUTE,
         EDISTANCE and MEMBERSHIP return their answer: [(address, distance, cost)]."""
-        if optname == SPINES_IP_TTL:
-            self._ttl = _ttl(value)
-            return None
-        if optname == SPINES_IP_MULTICAST_TTL:
-            self._mcast_ttl = _ttl(value)
+        if self._local_option(optname, value):
             return None
         cmd = option_command(optname, value)
         if optname in QUERIES:
             return entries(self._query(cmd))
         self._send(cmd.encode(wire.NATIVE), type(cmd).__name__)
-        if optname in (SPINES_ADD_MEMBERSHIP, SPINES_DROP_MEMBERSHIP):
-            verb = "join" if optname == SPINES_ADD_MEMBERSHIP else "leave"
-            self._confirmed(f"{verb} {ip(cmd.group)}")
+        what = membership_change(optname, cmd)
+        if what:
+            self._confirmed(what)
         return None
 
     ioctl = setsockopt

@@ -44,28 +44,27 @@ from spines_kr.client import (
     SPINES_ADD_MEMBERSHIP,
     SPINES_DROP_MEMBERSHIP,
     SPINES_EDISTANCE,
-    SPINES_IP_MULTICAST_TTL,
-    SPINES_IP_TTL,
     SPINES_MEMBERSHIP,
     SPINES_MULTICAST_LOOP,
     SPINES_TRACEROUTE,
     SPINES_TTL_MAX,
     UDP_LINKS,
     SpinesError,
-    _ttl,
+    _Options,
     destination,
     endpoints,
     entries,
     ip,
     is_group,
     links_frame,
+    membership_change,
     option_command,
     stream_error,
 )
 from spines_kr.wire import session as wire
 
 
-class Session:
+class Session(_Options):
     def __init__(self) -> None:
         self.daemon = ""
         self.session_id = self.port = self.node = 0
@@ -179,11 +178,7 @@ class Session:
         return m.payload, (ip(m.source), m.source_port)
 
     async def setsockopt(self, level: int, optname: int, value=None):
-        if optname == SPINES_IP_TTL:
-            self._ttl = _ttl(value)
-            return None
-        if optname == SPINES_IP_MULTICAST_TTL:
-            self._mcast_ttl = _ttl(value)
+        if self._local_option(optname, value):
             return None
         cmd = option_command(optname, value)
         if optname in QUERIES:
@@ -192,9 +187,9 @@ class Session:
                 header, body = await self._control(type(cmd).__name__)
             return entries(wire.TraceReply.decode(header, body, self._order))
         self._data_w.write(cmd.encode(wire.NATIVE))
-        if optname in (SPINES_ADD_MEMBERSHIP, SPINES_DROP_MEMBERSHIP):
-            verb = "join" if optname == SPINES_ADD_MEMBERSHIP else "leave"
-            await self._confirmed(f"{verb} {ip(cmd.group)}")
+        what = membership_change(optname, cmd)
+        if what:
+            await self._confirmed(what)
         return None
 
     async def join(self, group) -> None:
