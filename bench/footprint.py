@@ -71,13 +71,6 @@ while True:
 """
 
 
-def hub_topology(n: int) -> topology.Topology:
-    text = '[[node]]\nname = "hub"\n'
-    text += "".join(f'[[node]]\nname = "s{i}"\n' for i in range(1, n + 1))
-    text += "".join(f'[[link]]\na = "hub"\nb = "s{i}"\n' for i in range(1, n + 1))
-    return topology.parse(text)
-
-
 def floor_argv(**spec) -> list[str]:
     return [sys.executable, "-c", FLOOR, *netns.daemon_argv(**spec)[4:]]
 
@@ -97,7 +90,7 @@ def cpu_ticks(pid: int) -> int:
 def idle(n: int, seconds: float, settle: float, floor: bool) -> dict:
     name = f"skbench{secrets.token_hex(3)}"
     try:
-        st = netns.up(hub_topology(n), name, daemon=floor_argv if floor else netns.daemon_argv)
+        st = netns.up(topology.star(n), name, daemon=floor_argv if floor else netns.daemon_argv)
         if not floor and ops.wait_converged(st, timeout=60) is None:
             raise RuntimeError("the overlay did not converge")
         time.sleep(settle)

@@ -42,13 +42,6 @@ runpy.run_module("spines_kr", run_name="__main__", alter_sys=True)
 """
 
 
-def hub_topology(n: int) -> topology.Topology:
-    text = '[[node]]\nname = "hub"\n'
-    text += "".join(f'[[node]]\nname = "s{i}"\n' for i in range(1, n + 1))
-    text += "".join(f'[[link]]\na = "hub"\nb = "s{i}"\n' for i in range(1, n + 1))
-    return topology.parse(text)
-
-
 def openwrt_daemon(**spec) -> list[str]:
     argv = netns.daemon_argv(**spec)
     assert argv[1:3] == ["-m", "spines_kr"], argv
@@ -91,7 +84,7 @@ def main() -> int:
     args = p.parse_args()
     daemon = openwrt_daemon if args.openwrt_modules else netns.daemon_argv
     try:
-        st = netns.up(hub_topology(args.neighbors), args.lab, daemon=daemon)
+        st = netns.up(topology.star(args.neighbors), args.lab, daemon=daemon)
         took = ops.wait_converged(st, timeout=30)
         if took is None:
             print("footprint: the overlay did not converge", file=sys.stderr)

@@ -691,6 +691,15 @@ def line(names, *, metric: str = DEFAULT_METRIC) -> Topology:
                       "link": [{"a": a, "b": b} for a, b in zip(names, names[1:])]})
 
 
+def star(n: int, *, metric: str = DEFAULT_METRIC) -> Topology:
+    """A node "hub" linked to each of s1..s<n>."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise TopologyError(f"star: {n!r} spokes; a star needs at least 1")
+    spokes = [f"s{i}" for i in range(1, n + 1)]
+    return from_dict({"metric": metric, "node": [{"name": x} for x in ["hub", *spokes]],
+                      "link": [{"a": "hub", "b": x} for x in spokes]})
+
+
 def ring(n: int, chord: int | None = None, *, metric: str = DEFAULT_METRIC) -> Topology:
     """Nodes n1..n<n> in a ring, each also linked to the node ``chord`` places on (a circulant
     graph C_n(1, chord)): degree 4 everywhere (3 when ``chord`` is n/2), diameter about
